@@ -1,0 +1,173 @@
+"""Typed, strict params: params.yaml is the one home of every tunable.
+
+Unknown keys, missing keys and wrong types are errors with the dotted key in the message, so a
+typo never silently falls back to a default that lives somewhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from ratchet.errors import InputError
+
+Strategy = Literal["finetune", "replay"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+
+@dataclass(frozen=True)
+class RegistryParams:
+    model_name: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class DataParams:
+    image_size: int  # canonical height and width, pixels
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    held_out_fraction: float  # per class, never trains a model
+    max_file_bytes: int  # larger image files are quarantined unread
+    max_image_pixels: int  # decoded size cap (decompression bombs)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: Literal["small_cnn"]
+    width: int  # channels of the first conv block; later blocks double it
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    strategy: Strategy
+    num_epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    deterministic: bool  # bitwise-repeatable runs on the same machine (what `dvc repro` checks)
+    replay_memory_per_class: int  # replay: stored training samples per class, class-balanced
+    replay_fraction: float  # replay: share of each minibatch drawn from the memory
+
+
+@dataclass(frozen=True)
+class GateParams:
+    max_old_drop_pt: float  # forgetting: allowed drop of old held-out accuracy, percentage points
+    min_new_gain_pt: float  # allowed minimum gain on new held-out accuracy, percentage points
+    min_accuracy: float  # absolute floor on the candidate's accuracy over all held-out data, 0..1
+
+
+@dataclass(frozen=True)
+class Params:
+    registry: RegistryParams
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    gate: GateParams
+
+    def digest(self) -> str:
+        """Short stable hash of every tunable: the `params_hash` lineage tag."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        allowed = get_args(annotation)
+        if value not in allowed:
+            raise InputError(f"params: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return _coerce(value, next(a for a in get_args(annotation) if a is not type(None)), key)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)  # type: ignore[arg-type]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"params: {key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"params: {key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"params: {key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str) or not value:
+            raise InputError(f"params: {key} must be a non-empty string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported params annotation {annotation!r} for {key}")
+
+
+def _build(cls: type[T], raw: Any, prefix: str) -> T:
+    where = prefix or "top level"
+    if not isinstance(raw, dict):
+        raise InputError(f"params: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        dotted = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        raise InputError(f"params: unknown key {dotted} (known: {', '.join(fields)})")
+    missing = [f for f in fields if f not in raw]
+    if missing:
+        dotted = ", ".join(f"{prefix}.{k}" if prefix else k for k in missing)
+        raise InputError(f"params: missing key {dotted}")
+    values = {f: _coerce(raw[f], hints[f], f"{prefix}.{f}" if prefix else f) for f in fields}
+    return cls(**values)
+
+
+def _check_ranges(p: Params) -> None:
+    checks = [
+        (p.data.image_size >= 8, "data.image_size must be at least 8"),
+        (p.data.channels in (1, 3), "data.channels must be 1 or 3"),
+        (0.0 < p.data.held_out_fraction < 1.0, "data.held_out_fraction must be between 0 and 1"),
+        (p.data.max_file_bytes > 0, "data.max_file_bytes must be positive"),
+        (p.data.max_image_pixels > 0, "data.max_image_pixels must be positive"),
+        (p.model.width > 0, "model.width must be positive"),
+        (0.0 <= p.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (p.train.num_epochs > 0, "train.num_epochs must be positive"),
+        (p.train.batch_size > 0, "train.batch_size must be positive"),
+        (p.train.lr > 0, "train.lr must be positive"),
+        (p.train.weight_decay >= 0, "train.weight_decay must not be negative"),
+        (p.train.replay_memory_per_class >= 0, "train.replay_memory_per_class must not be negative"),
+        (0.0 <= p.train.replay_fraction < 1.0, "train.replay_fraction must be in [0, 1)"),
+        (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
+        (0.0 <= p.gate.min_accuracy <= 1.0, "gate.min_accuracy must be in [0, 1]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"params: {message}")
+
+
+def parse_params(raw: Any) -> Params:
+    params = _build(Params, raw, "")
+    _check_ranges(params)
+    return params
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate params.yaml; every problem is one InputError line."""
+    import yaml  # lazy: the training core is importable with torch alone
+
+    if not path.is_file():
+        raise InputError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise InputError(f"params: {path} is not valid YAML{where}") from None
+    return parse_params(raw)
