@@ -1,0 +1,1 @@
+"""Batches of labelled images: ingest (validate, canonicalise, split, store) and the catalog."""

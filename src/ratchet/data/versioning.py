@@ -1,0 +1,112 @@
+"""Git and DVC through their command lines: the only place ratchet talks to DVC.
+
+`dvc.api` has no repro/add/push, and the command line is what users run too, so the workspace
+stays something a person can inspect with the same tools.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ratchet.errors import RatchetError
+
+DATA_DVC = "data.dvc"
+_IDENTITY = {"user.name": "ratchet", "user.email": "ratchet@localhost"}
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """Which data a model saw: the commit of data.dvc and the md5 DVC recorded for data/."""
+
+    commit: str
+    md5: str
+
+    def __str__(self) -> str:
+        return f"{self.commit[:10]}:{self.md5}"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # stage commands say `python -m ratchet.stages.X`: make that the interpreter running ratchet
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def _run(args: list[str], cwd: Path, what: str) -> str:
+    try:
+        done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RatchetError(f"{what} failed: {args[0]} is not installed") from None
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        detail = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
+        raise RatchetError(f"{what} failed: {detail}")
+    return done.stdout
+
+
+def git(root: Path, *args: str) -> str:
+    return _run(["git", *args], root, f"git {args[0]}")
+
+
+def dvc(root: Path, *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], root, f"dvc {args[0]}")
+
+
+def ensure_repos(root: Path, remote: Path) -> None:
+    """git init + dvc init + a default local DVC remote; each step only if it is missing."""
+    if not (root / ".git").exists():
+        git(root, "init", "-q", "-b", "main")
+    for key, value in _IDENTITY.items():
+        # commits need an identity; a user's own git config wins when it has one
+        if not git_config(root, key):
+            git(root, "config", key, value)
+    if not (root / ".dvc").exists():
+        dvc(root, "init", "-q")
+        dvc(root, "config", "core.analytics", "false")
+    if not dvc(root, "remote", "list").strip():
+        remote.mkdir(parents=True, exist_ok=True)
+        dvc(root, "remote", "add", "-d", "local", str(remote))
+
+
+def git_config(root: Path, key: str) -> str:
+    done = subprocess.run(["git", "config", key], cwd=root, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def commit(root: Path, paths: list[str], message: str) -> str:
+    """Commit `paths` (if they changed) and return HEAD."""
+    git(root, "add", "--", *paths)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root, check=False).returncode != 0:
+        git(root, "commit", "-q", "-m", message)
+    return head(root)
+
+
+def head(root: Path) -> str:
+    return git(root, "rev-parse", "HEAD").strip()
+
+
+def version_data(root: Path, message: str) -> DataVersion:
+    """dvc add data/, commit data.dvc, dvc push: the batch is versioned and backed up."""
+    dvc(root, "add", "-q", "data")
+    commit(root, [DATA_DVC, ".gitignore"], message)
+    dvc(root, "push", "-q")
+    return data_version(root)
+
+
+def data_version(root: Path) -> DataVersion:
+    dvc_file = root / DATA_DVC
+    if not dvc_file.exists():
+        raise RatchetError(f"no data version yet: {dvc_file} is missing (ingest a batch first)")
+    md5 = ""
+    for line in dvc_file.read_text().splitlines():
+        line = line.strip().removeprefix("- ")
+        if line.startswith("md5:"):
+            md5 = line.split(":", 1)[1].strip()
+            break
+    last = git(root, "log", "-1", "--format=%H", "--", DATA_DVC).strip()
+    return DataVersion(commit=last or "uncommitted", md5=md5)
