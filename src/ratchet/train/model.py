@@ -1,0 +1,114 @@
+"""The model zoo: a small CNN built from a JSON-able spec, and growing its head for new classes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model before loading its weights (stored as spec.json)."""
+
+    arch: str
+    in_channels: int
+    image_size: int
+    width: int
+    dropout: float
+    classes: tuple[str, ...]  # output index i predicts classes[i]; old indices never move
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, object]:
+        d = dataclasses.asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @staticmethod
+    def from_json(d: dict[str, object]) -> ModelSpec:
+        fields = {f.name for f in dataclasses.fields(ModelSpec)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"model spec has unknown keys: {sorted(unknown)}")
+        classes = d["classes"]
+        assert isinstance(classes, list)
+        return ModelSpec(**{**d, "classes": tuple(str(c) for c in classes)})  # type: ignore[arg-type]
+
+    def with_classes(self, classes: tuple[str, ...]) -> ModelSpec:
+        return dataclasses.replace(self, classes=classes)
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head: enough for 8x8 to 32x32 images, fast on CPU."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        w = spec.width
+        self.backbone = nn.Sequential(
+            _block(spec.in_channels, w),
+            _block(w, 2 * w),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(spec.dropout),
+        )
+        self.head = nn.Linear(2 * w, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+ARCHS = {"small_cnn": SmallCNN}
+
+
+def build_model(spec: ModelSpec) -> SmallCNN:
+    if spec.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {spec.arch!r} (known: {', '.join(ARCHS)})")
+    if spec.num_classes == 0:
+        raise ValueError("a model needs at least one class")
+    return ARCHS[spec.arch](spec)
+
+
+def grow_head(model: SmallCNN, spec: ModelSpec, new_classes: tuple[str, ...]) -> ModelSpec:
+    """Append output units for classes the model has never seen; existing rows keep their weights.
+
+    Old class indices never move, so the champion's predictions stay comparable with the candidate's.
+    """
+    added = tuple(c for c in new_classes if c not in spec.classes)
+    if not added:
+        return spec
+    old = model.head
+    new = nn.Linear(old.in_features, old.out_features + len(added)).to(old.weight.device)
+    with torch.no_grad():
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+    model.head = new
+    return spec.with_classes(spec.classes + added)
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,H,W,C) -> float (N,C,H,W) in [-1, 1]. The one place pixels become model input."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def label_indices(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """Class names -> indices into `classes`; names the model doesn't know map to -1."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup.get(str(label), -1) for label in labels], dtype=np.int64)
