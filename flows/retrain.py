@@ -1,0 +1,86 @@
+"""The retraining flow: one cycle over the batches no cycle has decided on yet.
+
+Tasks are thin calls into ratchet; the stages pass data through files under artifacts/, so a task
+can be retried or the whole flow re-run after a crash. Parameters are operational only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ratchet import cycle as cyc
+from ratchet.stages import evaluate, prepare, train
+from ratchet.workspace import Workspace, open_workspace
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(ws: Workspace, strategy: str | None) -> cyc.Cycle | None:
+    return cyc.plan(ws, strategy)
+
+
+@task(name="find-registered", cache_policy=NO_CACHE)
+def find_task(ws: Workspace, cycle: cyc.Cycle) -> Any:
+    return cyc.open_registry(ws).find_cycle(cycle.cycle_id)
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare_task(ws: Workspace) -> None:
+    prepare.run(ws)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(ws: Workspace) -> None:
+    train.run(ws)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(ws: Workspace) -> None:
+    evaluate.run(ws)
+
+
+@task(name="record", cache_policy=NO_CACHE)
+def record_task(ws: Workspace, cycle: cyc.Cycle) -> Any:
+    return cyc.record(ws, cycle)
+
+
+@task(name="apply-decision", cache_policy=NO_CACHE)
+def apply_task(ws: Workspace, cycle: cyc.Cycle, version: Any, dry_run: bool, resumed: bool) -> cyc.Outcome:
+    return cyc.apply(ws, cycle, version, dry_run, resumed)
+
+
+@flow(name="ratchet-retrain", log_prints=True)
+def retrain(
+    workspace: str = ".", dry_run: bool = False, strategy: str | None = None
+) -> dict[str, Any] | None:
+    """Plan, train, evaluate, record and apply one cycle; returns the outcome, or None with nothing new."""
+    ws = open_workspace(Path(workspace))
+    with ws.lock():
+        cycle = plan_task(ws, strategy)
+        if cycle is None:
+            print("nothing new to train on: every ingested batch has been through a cycle")
+            return None
+        # a version registered for this exact cycle means an earlier run crashed after recording it
+        version = find_task(ws, cycle)
+        resumed = version is not None
+        if version is None:
+            prepare_task(ws)
+            train_task(ws)
+            evaluate_task(ws)
+            version = record_task(ws, cycle)
+        outcome = apply_task(ws, cycle, version, dry_run, resumed)
+    return outcome.to_json()
+
+
+if __name__ == "__main__":
+    # a schedule: `python -m ratchet.flows.retrain WORKSPACE` serves the flow every hour
+    import sys
+
+    retrain.serve(
+        name="ratchet-retrain-hourly",
+        interval=3600,
+        parameters={"workspace": sys.argv[1] if len(sys.argv) > 1 else "."},
+    )

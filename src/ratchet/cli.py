@@ -1,0 +1,256 @@
+"""The `ratchet` command: init, ingest, retrain, status, rollback, demo, reference-data.
+
+Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
+means a bug, and RATCHET_DEBUG=1 shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ratchet.errors import InputError, RatchetError
+
+
+def _configure_runtime() -> None:
+    # set in main(), never at import: quieter third-party defaults for a command-line tool
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ratchet.cycle import open_registry
+    from ratchet.workspace import init_workspace
+
+    ws, created = init_workspace(args.directory, model_name=args.model_name)
+    open_registry(ws).ensure_store()
+    what = ", ".join(created) if created else "nothing (already a workspace)"
+    print(f"workspace {ws.root}: created {what}")
+    return 0
+
+
+def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
+    """Ingest one batch and (unless told not to) version it with DVC; undone whole if versioning fails."""
+    from ratchet.data import versioning
+    from ratchet.data.ingest import ingest_batch
+    from ratchet.workspace import open_workspace
+
+    ws = open_workspace(ws_root)
+    params = ws.params()
+    if not source.exists():
+        raise InputError(f"batch not found: {source}")
+
+    def progress(done: int, total: int) -> None:
+        print(
+            f"\r  ingesting {source.name}: {done}/{total} files", end="" if done < total else "\n", flush=True
+        )
+
+    with ws.lock():
+        report = ingest_batch(source, ws.data_dir, params.data, progress)
+        if report.batch_id is None or not version:
+            return report
+        try:
+            data_version = versioning.version_data(ws.root, f"ingest {report.batch_id} from {source.name}")
+        except BaseException:
+            # keep data/ equal to the last committed data version: no half-ingested batch is left behind
+            assert report.batch_dir is not None
+            shutil.rmtree(report.batch_dir, ignore_errors=True)
+            shutil.rmtree(ws.data_dir / "quarantine" / report.batch_id, ignore_errors=True)
+            raise
+    print(f"data version {data_version}")
+    return report
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    report = ingest_into(args.workspace, args.path)
+    print(report.summary())
+    if report.batch_id is None:
+        print("nothing new: every usable sample is already ingested")
+    return 0
+
+
+def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> dict[str, Any] | None:
+    from ratchet.flows.retrain import retrain
+    from ratchet.workspace import open_workspace
+
+    open_workspace(workspace)  # fail with one line before starting Prefect
+    result = retrain(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
+    return result
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    outcome = run_retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
+    if outcome is None:
+        print("nothing new to train on")
+        return 0
+    print(format_outcome(outcome))
+    return 0
+
+
+def format_outcome(o: dict[str, Any]) -> str:
+    resumed = " (resumed a cycle recorded before a crash)" if o["resumed"] else ""
+    lines = [f"version {o['version']} {o['action']}{resumed}: batches {', '.join(o['batches'])}"]
+    lines += [f"  - {r}" for r in o["reasons"]]
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "  -  " if x is None else f"{x:.3f}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ratchet.cycle import open_registry
+    from ratchet.workspace import open_workspace
+
+    ws = open_workspace(args.workspace)
+    registry = open_registry(ws)
+    registry.ensure_store()
+    versions = registry.versions()
+    champion = next((v for v in versions if v.status == "champion"), None)
+    if args.json:
+        doc = {
+            "model_name": registry.name,
+            "champion": {"version": champion.version if champion else None},
+            "versions": [v.to_json() for v in versions],
+        }
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"model {registry.name}: champion {'version ' + champion.version if champion else 'none yet'}")
+    for v in versions:
+        d = v.to_json()
+        m = d["metrics"]
+        print(
+            f"\nversion {v.version}  {v.status}  parent {d['parent'] or '-'}  strategy {d['strategy']}\n"
+            f"  batches {', '.join(d['batches'])}  data {d['data_version']}\n"
+            f"  old: champion {_fmt(m['champion']['old'])} candidate {_fmt(m['candidate']['old'])}   "
+            f"new: champion {_fmt(m['champion']['new'])} candidate {_fmt(m['candidate']['new'])}"
+        )
+        for reason in d["reasons"]:
+            print(f"  - {reason}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ratchet.cycle import open_registry
+    from ratchet.workspace import open_workspace
+
+    ws = open_workspace(args.workspace)
+    with ws.lock():
+        old, new = open_registry(ws).rollback(args.to)
+    print(f"champion rolled back from version {old} to version {new}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ratchet.demo import run_demo
+
+    return run_demo(args.workspace)
+
+
+def cmd_reference_data(args: argparse.Namespace) -> int:
+    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
+    import tempfile
+
+    from ratchet.data.digits import digits_stream
+
+    with tempfile.TemporaryDirectory() as incoming:
+        for batch in digits_stream():
+            report = ingest_into(args.directory, batch.save_npz(Path(incoming)), version=False)
+            print(f"{batch.name}: {report.batch_id or 'already present'}")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ratchet",
+        description="Continual retraining of image classifiers: the champion only moves forward.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def workspace_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-w", "--workspace", type=Path, default=Path("."), help="workspace directory (default: .)"
+        )
+
+    p = sub.add_parser("init", help="create a workspace (git, DVC with a local remote, params, MLflow store)")
+    p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: .)")
+    p.add_argument("--model-name", help="registered model name to write into a new params.yaml")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("ingest", help="validate, split and version a new labelled batch")
+    p.add_argument("path", type=Path, help="an ImageFolder directory or an .npz (images, labels[, classes])")
+    workspace_arg(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("retrain", help="run one cycle (Prefect flow) over batches not yet trained on")
+    workspace_arg(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="never move @champion: a passing candidate becomes @challenger"
+    )
+    p.add_argument(
+        "--strategy", help="override params.yaml train.strategy for this cycle (finetune | replay)"
+    )
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("status", help="the champion and every version with lineage, metrics and reasons")
+    workspace_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", help="point @champion back at an earlier promoted version")
+    workspace_arg(p)
+    p.add_argument("--to", help="version to restore (default: the champion's parent)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "demo", help="stream the embedded digits data through the real cycle and print a table"
+    )
+    p.add_argument(
+        "--workspace", type=Path, help="where to build the demo workspace (default: a new temp dir)"
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("reference-data", help="regenerate the reference stream tracked by data.dvc, offline")
+    p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="workspace (default: .)")
+    p.set_defaults(func=cmd_reference_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_runtime()
+    try:
+        return int(args.func(args))
+    except RatchetError as exc:
+        print(f"ratchet: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ratchet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("RATCHET_DEBUG"):
+            raise
+        print(
+            f"ratchet: internal error: {type(exc).__name__}: {exc} (RATCHET_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

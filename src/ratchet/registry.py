@@ -1,0 +1,299 @@
+"""The only door to MLflow: runs, registered versions, lineage tags, aliases, promotion, rollback.
+
+Conventions: one registered model per workspace; alias `champion` serves, alias `challenger` marks a
+candidate that passed the gate but waits for approval (dry runs). Every version carries `ratchet.*`
+tags with its lineage, metrics and decision, and a one-paragraph description a reviewer reads in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ratchet
+from ratchet.errors import RatchetError
+from ratchet.workspace import Workspace
+
+PREFIX = "ratchet."
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    description: str
+    run_id: str
+
+    def tag(self, key: str, default: str = "") -> str:
+        return self.tags.get(PREFIX + key, default)
+
+    def tag_list(self, key: str) -> list[str]:
+        return [x for x in self.tag(key).split(",") if x]
+
+    @property
+    def status(self) -> str:
+        if CHAMPION in self.aliases:
+            return "champion"
+        if self.tag("rolled_back_at"):
+            return "rolled back"
+        if self.tag("promoted_at"):
+            return "promoted earlier"
+        if self.tag("decision") == "reject":
+            return "rejected"
+        if self.tag("decision") == "promote":
+            return "awaiting approval"
+        return "unknown"
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        for model in ("champion", "candidate"):
+            out[model] = {}
+            for split in ("old", "new", "all"):
+                raw = self.tag(f"metrics.{model}.{split}")
+                out[model][split] = float(raw) if raw else None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "status": self.status,
+            "aliases": list(self.aliases),
+            "parent": self.tag("parent_version") or None,
+            "batches": self.tag_list("batches"),
+            "batches_seen": self.tag_list("batches_seen"),
+            "data_version": self.tag("data_version"),
+            "git_commit": self.tag("git_commit"),
+            "strategy": self.tag("strategy"),
+            "params_hash": self.tag("params_hash"),
+            "decision": self.tag("decision"),
+            "metrics": self.metrics,
+            "reasons": [r for r in self.tag("reasons").split("\n") if r],
+            "run_id": self.run_id,
+        }
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """Everything a finished cycle hands over for one registered version."""
+
+    cycle_id: str
+    parent_version: str | None
+    new_batches: Sequence[str]
+    seen_batches: Sequence[str]
+    data_version: str
+    git_commit: str
+    strategy: str
+    params: dict[str, Any]  # flattened params.yaml, logged as run params
+    params_hash: str
+    history: Sequence[dict[str, float]]  # per epoch: epoch, loss, accuracy, seconds
+    metrics: dict[str, Any]  # {"champion": ModelMetrics json | None, "candidate": ...}
+    promote: bool
+    reasons: Sequence[str]
+    summary: str
+    checkpoint_dir: Path
+    report_files: Sequence[Path]
+
+
+def _accuracy(metrics: dict[str, Any], model: str, split: str) -> float | None:
+    block = metrics.get(model) or {}
+    part = block.get(split)
+    return None if part is None else float(part["accuracy"])
+
+
+class Registry:
+    def __init__(self, ws: Workspace, model_name: str, experiment: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        ws.mlruns.mkdir(parents=True, exist_ok=True)
+        # set here, not at import: the tracking store is the workspace's own sqlite file
+        mlflow.set_tracking_uri(ws.tracking_uri)
+        mlflow.set_registry_uri(ws.tracking_uri)
+        self.ws = ws
+        self.name = model_name
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+
+    def ensure_store(self) -> str:
+        """Create the experiment (artifacts under mlruns/artifacts) and the registered model; idempotent."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else self.client.create_experiment(self.experiment, artifact_location=self.ws.artifact_uri)
+        )
+        if not self.client.search_registered_models(f"name='{self.name}'"):
+            self.client.create_registered_model(
+                self.name, description="Managed by ratchet: the champion only moves forward."
+            )
+        return str(exp_id)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def versions(self) -> list[VersionInfo]:
+        found = self.client.search_model_versions(f"name='{self.name}'")
+        infos = [
+            VersionInfo(
+                version=str(mv.version),
+                tags=dict(mv.tags or {}),
+                aliases=tuple(getattr(mv, "aliases", []) or []),
+                description=mv.description or "",
+                run_id=mv.run_id or "",
+            )
+            for mv in found
+        ]
+        # aliases are authoritative on the registered model; some stores omit them on search results
+        model = self.client.get_registered_model(self.name) if found else None
+        alias_map: dict[str, list[str]] = {}
+        for alias, version in (getattr(model, "aliases", None) or {}).items():
+            alias_map.setdefault(str(version), []).append(alias)
+        infos = [
+            VersionInfo(
+                i.version, i.tags, tuple(sorted(alias_map.get(i.version, []))), i.description, i.run_id
+            )
+            for i in infos
+        ]
+        return sorted(infos, key=lambda i: int(i.version))
+
+    def champion(self) -> VersionInfo | None:
+        return next((v for v in self.versions() if CHAMPION in v.aliases), None)
+
+    def find_cycle(self, cycle_id: str) -> VersionInfo | None:
+        return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
+
+    def consumed_batches(self) -> set[str]:
+        """Batches some cycle already decided on (promoted or rejected): they are not retried."""
+        return {b for v in self.versions() if v.tag("decision") for b in v.tag_list("batches")}
+
+    def download_checkpoint(self, version: str, dst: Path) -> Path:
+        """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
+        import mlflow
+
+        dst.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{self.name}/{version}", dst_path=str(dst)
+        )
+        ckpt = Path(local) / "artifacts" / "checkpoint"
+        if not ckpt.is_dir():
+            raise RatchetError(f"registry version {version} of {self.name} has no checkpoint artifact")
+        return ckpt
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def log_candidate(self, rec: CandidateRecord) -> VersionInfo:
+        """One run (params, per-epoch metrics, evaluation, report) and one registered version with tags."""
+        import mlflow
+        import mlflow.pyfunc
+
+        exp_id = self.ensure_store()
+        tags = self._version_tags(rec)
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
+            mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith(PREFIX + "metrics.")})
+            mlflow.log_params({**rec.params, "strategy": rec.strategy, "batches": ",".join(rec.new_batches)})
+            for epoch in rec.history:
+                step = int(epoch["epoch"])
+                mlflow.log_metrics(
+                    {"train_loss": epoch["loss"], "train_accuracy": epoch["accuracy"]}, step=step
+                )
+            mlflow.log_metrics(
+                {
+                    f"{model}_{split}_accuracy": value
+                    for model in ("champion", "candidate")
+                    for split in ("old", "new", "all")
+                    if (value := _accuracy(rec.metrics, model, split)) is not None
+                }
+            )
+            for path in rec.report_files:
+                mlflow.log_artifact(str(path), artifact_path="report")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                artifacts={"checkpoint": str(rec.checkpoint_dir)},
+                # given, not inferred: inference costs seconds and guesses from the whole venv
+                pip_requirements=[f"{p}=={metadata.version(p)}" for p in ("torch", "numpy", "pandas")]
+                + [f"mlflow=={metadata.version('mlflow')}"],
+            )
+            run_id = run.info.run_id
+        mv = mlflow.register_model(info.model_uri, self.name, tags=tags)
+        self.client.update_model_version(self.name, mv.version, description=rec.summary)
+        return VersionInfo(str(mv.version), tags, (), rec.summary, run_id)
+
+    def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
+        tags = {
+            "cycle_id": rec.cycle_id,
+            "parent_version": rec.parent_version or "",
+            "batches": ",".join(rec.new_batches),
+            "batches_seen": ",".join(rec.seen_batches),
+            "data_version": rec.data_version,
+            "git_commit": rec.git_commit,
+            "code_version": ratchet.__version__,
+            "strategy": rec.strategy,
+            "params_hash": rec.params_hash,
+            "decision": "promote" if rec.promote else "reject",
+            "reasons": "\n".join(rec.reasons),
+        }
+        for model in ("champion", "candidate"):
+            for split in ("old", "new", "all"):
+                value = _accuracy(rec.metrics, model, split)
+                if value is not None:
+                    tags[f"metrics.{model}.{split}"] = f"{value:.4f}"
+        return {PREFIX + k: v for k, v in tags.items()}
+
+    def promote(self, version: str, expected_parent: str | None) -> None:
+        """Move @champion to `version`, unless the champion moved since the candidate was evaluated."""
+        current = self.champion()
+        current_version = current.version if current else None
+        if current_version == version:
+            return
+        if current_version != expected_parent:
+            raise RatchetError(
+                f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
+                f"but the champion is now {current_version}"
+            )
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", _now())
+        self._drop_alias(CHALLENGER, version)
+
+    def mark_challenger(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+
+    def rollback(self, to_version: str | None) -> tuple[str, str]:
+        """Point @champion back at an earlier promoted version (default: the champion's parent)."""
+        current = self.champion()
+        if current is None:
+            raise RatchetError("nothing to roll back: the registry has no champion")
+        target = to_version or current.tag("parent_version")
+        if not target:
+            raise RatchetError(f"version {current.version} is the first champion: there is nothing before it")
+        chosen = next((v for v in self.versions() if v.version == target), None)
+        if chosen is None:
+            raise RatchetError(f"no version {target} in {self.name}")
+        if not chosen.tag("promoted_at"):
+            raise RatchetError(
+                f"version {target} was never promoted ({chosen.status}): not rolling back to it"
+            )
+        self.client.set_registered_model_alias(self.name, CHAMPION, target)
+        stamp = _now()
+        self.client.set_model_version_tag(self.name, current.version, PREFIX + "rolled_back_at", stamp)
+        self.client.set_model_version_tag(
+            self.name, target, PREFIX + "restored_at", f"{stamp} (from version {current.version})"
+        )
+        return current.version, target
+
+    def _drop_alias(self, alias: str, version: str) -> None:
+        model = self.client.get_registered_model(self.name)
+        if str((getattr(model, "aliases", None) or {}).get(alias, "")) == version:
+            self.client.delete_registered_model_alias(self.name, alias)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

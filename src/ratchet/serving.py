@@ -1,0 +1,51 @@
+"""Inference for a registered version through `mlflow.pyfunc.load_model` (models-from-code).
+
+The registry stores a checkpoint directory (weights, spec, replay memory) as a pyfunc artifact;
+this class loads it weights-only, so nothing in the registry is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+class RatchetClassifier(mlflow.pyfunc.PythonModel):
+    """predict(uint8 images (N,H,W) or (N,H,W,C)) -> DataFrame[label, class_index, confidence]."""
+
+    def load_context(self, context: Any) -> None:
+        from ratchet.train.checkpoint import load_checkpoint
+
+        self.checkpoint = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
+
+    # model_input is left unannotated on purpose: MLflow turns a type hint into a schema it enforces,
+    # and none of its hint types describes "uint8 images of this workspace's shape"
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> Any:  # type: ignore[no-untyped-def]
+        import pandas as pd
+        import torch
+
+        from ratchet.train.model import preprocess
+
+        images = np.asarray(model_input)
+        spec = self.checkpoint.spec
+        if images.ndim == 3:
+            images = images[..., None]
+        expected = (spec.image_size, spec.image_size, spec.in_channels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"expected uint8 images of shape (N, {', '.join(map(str, expected))})")
+        with torch.no_grad():
+            logits = self.checkpoint.model.eval()(preprocess(torch.from_numpy(images.copy())))
+            probs = torch.softmax(logits.float(), dim=1)
+            confidence, index = probs.max(dim=1)
+        return pd.DataFrame(
+            {
+                "label": [spec.classes[i] for i in index.tolist()],
+                "class_index": index.numpy(),
+                "confidence": confidence.numpy(),
+            }
+        )

@@ -1,0 +1,1 @@
+"""`python -m ratchet.stages.X WORKSPACE`: the dvc.yaml stages; the retrain flow calls the same `run`."""

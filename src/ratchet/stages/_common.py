@@ -1,0 +1,52 @@
+"""What every stage entry point shares: argv is the workspace path, errors are one line."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ratchet.errors import RatchetError
+from ratchet.workspace import Workspace, open_workspace
+
+
+def stage_main(name: str, run: Callable[[Workspace], object], argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m ratchet.stages.{name}")
+    parser.add_argument("workspace", type=Path, help="the workspace root (dvc.yaml runs it with '.')")
+    args = parser.parse_args(argv)
+    try:
+        run(open_workspace(args.workspace))
+    except RatchetError as exc:
+        print(f"ratchet {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+@contextmanager
+def fresh_dir(path: Path) -> Iterator[Path]:
+    """Build a stage output in a temp dir, then swap it in: a crash never leaves half an output."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    with path.open("wb") as f:
+        np.savez(f, images=images, labels=labels.astype(str))
+
+
+def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["images"], npz["labels"]

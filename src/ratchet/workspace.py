@@ -1,0 +1,119 @@
+"""A workspace: a git + DVC repository holding params.yaml, dvc.yaml, data/ and the MLflow store."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ratchet.config import Params, load_params
+from ratchet.errors import InputError, RatchetError
+
+TEMPLATES = ("params.yaml", "dvc.yaml")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def params_path(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def cycle_path(self) -> Path:
+        return self.root / "cycle.json"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlruns / 'mlflow.db'}"
+
+    @property
+    def artifact_uri(self) -> str:
+        return (self.mlruns / "artifacts").as_uri()
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / ".dvc-storage"
+
+    def params(self) -> Params:
+        return load_params(self.params_path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One cycle or ingest at a time per workspace; a second one fails fast instead of racing."""
+        fd = os.open(self.root / ".ratchet.lock", os.O_CREAT | os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RatchetError(
+                    f"workspace {self.root} is busy: another ratchet command holds it"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def open_workspace(path: Path) -> Workspace:
+    root = path.resolve()
+    if not root.is_dir():
+        raise InputError(f"workspace not found: {path} (create one with `ratchet init {path}`)")
+    if not (root / "params.yaml").is_file() or not (root / ".dvc").is_dir():
+        raise InputError(f"not a ratchet workspace: {path} (create one with `ratchet init {path}`)")
+    return Workspace(root)
+
+
+def template(name: str) -> str:
+    return resources.files("ratchet.templates").joinpath(name).read_text()
+
+
+def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace, list[str]]:
+    """Create or complete a workspace; returns what was created. Safe to run again."""
+    from ratchet.atomic import write_text
+    from ratchet.data import versioning
+
+    root = path.resolve()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"cannot create a workspace at {path}: it is a file")
+    root.mkdir(parents=True, exist_ok=True)
+    ws = Workspace(root)
+    created: list[str] = []
+    had_git = (root / ".git").exists()
+    versioning.ensure_repos(root, ws.dvc_remote)
+    if not had_git:
+        created.append("git repository")
+    for name in TEMPLATES:
+        target = root / name
+        if not target.exists():
+            text = template(name)
+            if name == "params.yaml" and model_name:
+                text = text.replace("model_name: ratchet-classifier", f"model_name: {model_name}")
+            write_text(target, text)
+            created.append(name)
+    ignore = root / ".gitignore"
+    current = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [ln for ln in template("gitignore").splitlines() if ln and ln not in current]
+    if missing:
+        write_text(ignore, "\n".join(current + missing) + "\n")
+        created.append(".gitignore entries")
+    (ws.data_dir / "batches").mkdir(parents=True, exist_ok=True)
+    ws.params()  # a hand-edited params.yaml that is broken should fail here, not mid-cycle
+    versioning.commit(root, ["params.yaml", "dvc.yaml", ".gitignore", ".dvc"], "ratchet init")
+    return ws, created
