@@ -70,7 +70,8 @@ def ensure_repos(root: Path, remote: Path) -> None:
         dvc(root, "config", "core.analytics", "false")
     if not dvc(root, "remote", "list").strip():
         remote.mkdir(parents=True, exist_ok=True)
-        dvc(root, "remote", "add", "-d", "local", str(remote))
+        # relative: DVC stores it relative to .dvc/config, so clones and moved workspaces keep working
+        dvc(root, "remote", "add", "-d", "local", os.path.relpath(remote, root))
 
 
 def git_config(root: Path, key: str) -> str:
