@@ -82,10 +82,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> dict[str, Any] | None:
+    from ratchet.config import check_strategy
     from ratchet.flows.retrain import retrain
     from ratchet.workspace import open_workspace
 
-    open_workspace(workspace)  # fail with one line before starting Prefect
+    # fail with one line before starting Prefect
+    open_workspace(workspace).params()
+    if strategy is not None:
+        check_strategy(strategy)
     result = retrain(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
     return result
 

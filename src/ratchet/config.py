@@ -142,6 +142,7 @@ def _check_ranges(p: Params) -> None:
         (p.train.batch_size > 0, "train.batch_size must be positive"),
         (p.train.lr > 0, "train.lr must be positive"),
         (p.train.weight_decay >= 0, "train.weight_decay must not be negative"),
+        (0 <= p.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (p.train.replay_memory_per_class >= 0, "train.replay_memory_per_class must not be negative"),
         (0.0 <= p.train.replay_fraction < 1.0, "train.replay_fraction must be in [0, 1)"),
         (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
@@ -150,6 +151,12 @@ def _check_ranges(p: Params) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(f"params: {message}")
+
+
+def check_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise InputError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    return name
 
 
 def parse_params(raw: Any) -> Params:

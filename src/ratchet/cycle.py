@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ratchet.atomic import write_text
-from ratchet.config import STRATEGIES, Params
+from ratchet.config import Params, check_strategy
 from ratchet.data import catalog, versioning
 from ratchet.errors import InputError
 from ratchet.workspace import Workspace
@@ -80,8 +80,8 @@ def open_registry(ws: Workspace, params: Params | None = None) -> Any:
 def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     """The next cycle: every ingested batch no cycle has decided on yet, from the current champion."""
     params = ws.params()
-    if strategy is not None and strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if strategy is not None:
+        check_strategy(strategy)
     registry = open_registry(ws, params)
     registry.ensure_store()
     champion = registry.champion()
@@ -169,6 +169,7 @@ def apply(ws: Workspace, cycle: Cycle, version: Any, dry_run: bool, resumed: boo
         registry.promote(version.version, expected_parent=cycle.parent_version)
         action = "promoted"
     else:
+        registry.reject(version.version)
         action = "rejected"
     return Outcome(
         cycle_id=cycle.cycle_id,

@@ -43,11 +43,10 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) 
 
 def split_metrics(checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray) -> SplitMetrics:
     """Accuracy against class names; a class the model doesn't know always counts as a miss."""
-    truth = label_indices(labels, checkpoint.spec.classes)
+    names = labels.astype(str)
+    truth = label_indices(names, checkpoint.spec.classes)
     hits = predict(checkpoint, images) == truth
-    per_class = {
-        str(name): float(hits[labels == name].mean()) for name in sorted(set(labels.astype(str).tolist()))
-    }
+    per_class = {str(name): float(hits[names == name].mean()) for name in np.unique(names)}
     n = int(len(labels))
     correct = int(hits.sum())
     return SplitMetrics(accuracy=correct / n if n else 0.0, n=n, correct=correct, per_class=per_class)

@@ -171,8 +171,13 @@ class Registry:
         return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
 
     def consumed_batches(self) -> set[str]:
-        """Batches some cycle already decided on (promoted or rejected): they are not retried."""
-        return {b for v in self.versions() if v.tag("decision") for b in v.tag_list("batches")}
+        """Batches whose cycle was applied (promoted or rejected): they are not retried.
+
+        A version registered but not yet applied (a crash) or only marked challenger (a dry run)
+        leaves its batches pending: the next cycle with the same inputs resumes that version.
+        """
+        applied = ("promoted", "rejected")
+        return {b for v in self.versions() if v.tag("outcome") in applied for b in v.tag_list("batches")}
 
     def download_checkpoint(self, version: str, dst: Path) -> Path:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
@@ -252,19 +257,27 @@ class Registry:
         """Move @champion to `version`, unless the champion moved since the candidate was evaluated."""
         current = self.champion()
         current_version = current.version if current else None
-        if current_version == version:
-            return
-        if current_version != expected_parent:
-            raise RatchetError(
-                f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
-                f"but the champion is now {current_version}"
-            )
-        self.client.set_registered_model_alias(self.name, CHAMPION, version)
-        self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", _now())
+        if current_version != version:  # equal: a crash after the alias moved; finish the bookkeeping
+            if current_version != expected_parent:
+                raise RatchetError(
+                    f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
+                    f"but the champion is now {current_version}"
+                )
+            self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", _now())
         self._drop_alias(CHALLENGER, version)
+        self._set_outcome(version, "promoted")
+
+    def reject(self, version: str) -> None:
+        self._set_outcome(version, "rejected")
 
     def mark_challenger(self, version: str) -> None:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+        self._set_outcome(version, "challenger")
+
+    def _set_outcome(self, version: str, outcome: str) -> None:
+        # written last: until it is there, the cycle counts as unfinished and will be resumed
+        self.client.set_model_version_tag(self.name, version, PREFIX + "outcome", outcome)
 
     def rollback(self, to_version: str | None) -> tuple[str, str]:
         """Point @champion back at an earlier promoted version (default: the champion's parent)."""

@@ -70,6 +70,7 @@ def fit(
       finetune: the new samples only;
       replay:   each minibatch mixes new samples with the champion's replay memory.
     The returned checkpoint carries the updated memory (the champion's memory is never modified).
+    Seeds and torch's determinism flags are set process-wide: a cycle owns its process.
     """
     if strategy not in ("finetune", "replay"):
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -89,13 +90,14 @@ def fit(
         spec = grow_head(model, spec, batch_classes)
     model = model.to(device)
 
-    replay = strategy == "replay" and len(memory) > 0
+    replay = strategy == "replay" and len(memory) > 0 and params.replay_fraction > 0
     new_x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
     if replay:
         mem_x = torch.from_numpy(np.ascontiguousarray(memory.images)).to(device)
         mem_y = torch.from_numpy(label_indices(memory.labels, spec.classes)).to(device)
-        mem_per_step = max(1, round(params.batch_size * params.replay_fraction))
+        # at least one of each per step, and never more than batch_size in all
+        mem_per_step = min(max(1, round(params.batch_size * params.replay_fraction)), params.batch_size - 1)
     else:
         mem_per_step = 0
     new_per_step = max(1, params.batch_size - mem_per_step)
@@ -152,9 +154,9 @@ def fit(
             on_epoch(stats)
 
     model.eval()
-    new_memory = memory
-    if strategy == "replay" and params.replay_memory_per_class > 0:
-        new_memory = memory.updated(images, labels, params.replay_memory_per_class, params.seed)
+    # the memory is continual-learning state kept whatever this cycle's strategy, so a later
+    # replay cycle can protect classes first learned under finetune
+    new_memory = memory.updated(images, labels, params.replay_memory_per_class, params.seed)
     return FitResult(
         checkpoint=Checkpoint(model=model.to("cpu"), spec=spec, memory=new_memory),
         history=tuple(history),

@@ -32,6 +32,8 @@ class ReplayMemory:
         Each class is sampled uniformly from old memory and new samples together, so a class seen
         again in a shifted domain gets fresh examples while classes absent from the batch keep theirs.
         """
+        if per_class == 0:
+            return ReplayMemory.empty(images.shape[1], images.shape[3])
         all_images = np.concatenate([self.images, images]) if len(self) else images
         all_labels = np.concatenate([self.labels.astype(str), labels.astype(str)])
         rng = np.random.default_rng(seed)

@@ -105,7 +105,7 @@ def grow_head(model: SmallCNN, spec: ModelSpec, new_classes: tuple[str, ...]) ->
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N,H,W,C) -> float (N,C,H,W) in [-1, 1]. The one place pixels become model input."""
-    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return images.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
 
 
 def label_indices(labels: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:

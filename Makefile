@@ -1,0 +1,34 @@
+# Each target creates .venv from the project's own pinned files on first use.
+VENV    := .venv
+BIN     := $(abspath $(VENV))/bin
+STAMP   := $(VENV)/.installed
+PYTHON  ?= python3
+
+.PHONY: demo test data repro ui lint
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the embedded digits stream through the real cycle, in a throwaway workspace
+	$(BIN)/ratchet demo
+
+test: $(STAMP)  ## the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, offline
+	$(BIN)/ratchet reference-data .
+	PATH=$(BIN):$$PATH $(BIN)/dvc status data.dvc
+
+repro: data  ## reproduce the committed candidate: dvc repro, then the metrics must match git
+	PATH=$(BIN):$$PATH $(BIN)/dvc repro
+	git diff --exit-code -- artifacts/eval/metrics.json && echo "metrics reproduced"
+
+ui: $(STAMP)  ## MLflow UI on this workspace's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+
+lint: $(STAMP)
+	$(BIN)/ruff check src flows tests
+	$(BIN)/mypy src flows

@@ -1,0 +1,95 @@
+"""The command line: help everywhere, one clear line and a non-zero exit for every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ratchet.cli import build_parser, main
+from ratchet.data import versioning
+from ratchet.workspace import init_workspace
+
+RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
+COMMANDS = ["init", "ingest", "retrain", "status", "rollback", "demo", "reference-data"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli-ws")
+    init_workspace(root)
+    return root
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: ratchet " + command in capsys.readouterr().out
+
+
+def test_init_is_idempotent(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head = versioning.head(workspace)
+    assert main(["init", str(workspace)]) == 0
+    assert "nothing (already a workspace)" in capsys.readouterr().out
+    assert versioning.head(workspace) == head
+    for path in ("params.yaml", "dvc.yaml", ".dvc/config", ".git"):
+        assert (workspace / path).exists()
+    assert "../.dvc-storage" in (workspace / ".dvc" / "config").read_text()
+
+
+def test_missing_workspace_is_one_line_exit_2(tmp_path: Path, run_ratchet: RunRatchet) -> None:
+    done = run_ratchet("status", "-w", str(tmp_path / "nowhere"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "workspace not found" in lines[0]
+
+
+def test_corrupt_batch_is_refused_whole(workspace: Path, tmp_path: Path, run_ratchet: RunRatchet) -> None:
+    folder = tmp_path / "bad"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "cat" / "b.txt").write_text("hello")
+    head = versioning.head(workspace)
+    done = run_ratchet("ingest", str(folder), "-w", str(workspace))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "nothing usable" in done.stderr
+    assert list((workspace / "data" / "batches").iterdir()) == []
+    assert versioning.head(workspace) == head
+
+
+def test_labels_that_do_not_match_images_are_refused(workspace: Path, tmp_path: Path) -> None:
+    npz = tmp_path / "mismatch.npz"
+    np.savez(npz, images=np.zeros((5, 8, 8), dtype=np.uint8), labels=np.zeros(4, dtype=np.int64))
+    assert main(["ingest", str(npz), "-w", str(workspace)]) == 2
+    assert list((workspace / "data" / "batches").iterdir()) == []
+
+
+def test_unknown_params_key_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("  lr: ", "  lrr: "))
+    assert main(["retrain", "-w", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lrr" in err[0]
+
+
+def test_unknown_strategy_is_refused(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["retrain", "-w", str(workspace), "--strategy", "magic"]) == 2
+    assert "unknown strategy 'magic'" in capsys.readouterr().err
+
+
+def test_retrain_with_no_batches_says_so(
+    workspace: Path, prefect_server: str, run_ratchet: RunRatchet
+) -> None:
+    done = run_ratchet("retrain", "-w", str(workspace), api_url=prefect_server)
+    assert done.returncode == 0, done.stderr
+    assert "nothing new to train on" in done.stdout

@@ -1,0 +1,176 @@
+"""The whole cycle on the real stack: a multi-batch stream through the Prefect flow, MLflow and DVC.
+
+One workspace is built for the module (ingest + retrain for every batch of the digits stream) and
+the tests below read what it left behind, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ratchet.cli import ingest_into, main, run_retrain
+from ratchet.cycle import open_registry
+from ratchet.data import catalog, versioning
+from ratchet.data.digits import StreamBatch
+from ratchet.workspace import init_workspace, open_workspace
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class Stream:
+    def __init__(self, root: Path, outcomes: dict[str, dict[str, Any]]) -> None:
+        self.root = root
+        self.outcomes = outcomes
+        self.ws = open_workspace(root)
+        self.registry = open_registry(self.ws)
+
+
+@pytest.fixture(scope="module")
+def streamed(
+    tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path], prefect_server: None
+) -> Stream:
+    root = tmp_path_factory.mktemp("ws")
+    init_workspace(root, model_name="digits-it")
+    outcomes: dict[str, dict[str, Any]] = {}
+    for name, path in stream_files.items():
+        ingest_into(root, path)
+        outcome = run_retrain(root)
+        assert outcome is not None, f"no cycle ran for {name}"
+        outcomes[name] = outcome
+    return Stream(root, outcomes)
+
+
+def test_the_gate_promotes_good_batches_and_rejects_scrambled_labels(streamed: Stream) -> None:
+    actions = {name: o["action"] for name, o in streamed.outcomes.items()}
+    assert actions["digits-0-4"] == "promoted"
+    assert actions["digits-5-9"] == "promoted"
+    assert actions["digits-scrambled"] == "rejected"
+    scrambled = streamed.outcomes["digits-scrambled"]
+    assert any(r.startswith("FAIL: old accuracy") and "drop" in r for r in scrambled["reasons"])
+
+
+def test_new_classes_grow_the_head_and_the_champion_knows_all_digits(streamed: Stream) -> None:
+    second = streamed.outcomes["digits-5-9"]
+    assert second["metrics"]["champion"]["new"] == 0.0  # the first champion never saw 5-9
+    assert second["metrics"]["candidate"]["new"] > 0.9
+    assert second["metrics"]["candidate"]["old"] > 0.9  # and replay kept 0-4
+
+
+def test_every_version_carries_lineage(streamed: Stream) -> None:
+    versions = streamed.registry.versions()
+    assert len(versions) == len(streamed.outcomes)  # one version per cycle, none duplicated
+    params = streamed.ws.params()
+    for v in versions:
+        assert v.tag("params_hash") == params.digest()
+        assert v.tag("strategy") == "replay"
+        assert v.tag("batches")
+        # the git commit holds the cycle that produced this version
+        cycle = json.loads(versioning.git(streamed.root, "show", f"{v.tag('git_commit')}:cycle.json"))
+        assert cycle["cycle_id"] == v.tag("cycle_id")
+        assert cycle["new_batches"] == v.tag_list("batches")
+        # the data version names a commit whose data.dvc has that md5
+        commit, md5 = v.tag("data_version").split(":")
+        data_dvc = versioning.git(streamed.root, "show", f"{v.tag('git_commit')}:data.dvc")
+        assert md5 in data_dvc
+        assert versioning.git(streamed.root, "cat-file", "-t", v.tag("git_commit")).strip() == "commit"
+        assert commit
+        assert v.description.startswith(("Promoted", "Rejected"))
+    first, second = versions[0], versions[1]
+    assert first.tag("parent_version") == ""
+    assert second.tag("parent_version") == first.version
+    assert second.tag_list("batches_seen") == first.tag_list("batches") + second.tag_list("batches")
+
+
+def test_each_cycle_leaves_a_run_with_epochs_evaluation_and_report(streamed: Stream) -> None:
+    client = streamed.registry.client
+    version = streamed.registry.versions()[1]
+    run = client.get_run(version.run_id)
+    params = streamed.ws.params()
+    assert run.data.params["train.lr"] == str(params.train.lr)
+    assert {"candidate_old_accuracy", "candidate_new_accuracy", "champion_old_accuracy"} <= set(
+        run.data.metrics
+    )
+    losses = client.get_metric_history(version.run_id, "train_loss")
+    assert [m.step for m in losses] == list(range(1, params.train.num_epochs + 1))
+    report = [a.path for a in client.list_artifacts(version.run_id, "report")]
+    assert "report/report.md" in report
+
+
+def test_rejected_batches_are_not_retried_and_nothing_new_means_no_cycle(streamed: Stream) -> None:
+    assert run_retrain(streamed.root) is None
+    consumed = streamed.registry.consumed_batches()
+    assert consumed == {b.batch_id for b in catalog.list_batches(streamed.ws.data_dir)}
+
+
+def test_reingesting_a_batch_adds_nothing(streamed: Stream, stream_files: dict[str, Path]) -> None:
+    head = versioning.head(streamed.root)
+    report = ingest_into(streamed.root, stream_files["digits-0-4"])
+    assert report.batch_id is None
+    assert len(report.duplicates) > 0
+    assert len(catalog.list_batches(streamed.ws.data_dir)) == len(stream_files)
+    assert versioning.head(streamed.root) == head
+
+
+def test_status_json_lists_champion_and_versions(
+    streamed: Stream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--json", "-w", str(streamed.root)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    champion = streamed.registry.champion()
+    assert champion is not None
+    assert doc["champion"]["version"] == champion.version
+    statuses = {v["version"]: v["status"] for v in doc["versions"]}
+    assert statuses[champion.version] == "champion"
+    assert "rejected" in statuses.values()
+    for v in doc["versions"]:
+        assert {"version", "status", "parent", "batches", "metrics", "reasons"} <= set(v)
+        assert v["metrics"]["candidate"]["new"] is not None
+        assert v["reasons"]
+
+
+def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream: list[StreamBatch]) -> None:
+    batch = stream[-1]
+    images = streamed.root / "probe.npy"
+    import numpy as np
+
+    np.save(images, batch.images[:200])
+    code = f"""
+import mlflow, numpy as np
+mlflow.set_tracking_uri({streamed.ws.tracking_uri!r})
+model = mlflow.pyfunc.load_model("models:/digits-it@champion")
+out = model.predict(np.load({str(images)!r}))
+print(",".join(out["label"].astype(str)))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    predicted = done.stdout.strip().splitlines()[-1].split(",")
+    accuracy = float(np.mean(np.array(predicted) == batch.labels[:200].astype(str)))
+    assert accuracy > 0.9
+
+
+def test_dvc_repro_reproduces_the_last_candidate(streamed: Stream) -> None:
+    metrics = streamed.ws.artifacts / "eval" / "metrics.json"
+    before_metrics = metrics.read_text()
+    before_lock = (streamed.root / "dvc.lock").read_text()
+    versioning.dvc(streamed.root, "repro", "-f")
+    assert metrics.read_text() == before_metrics
+    assert (streamed.root / "dvc.lock").read_text() == before_lock
+
+
+def test_rollback_restores_the_parent_and_is_visible_in_status(streamed: Stream) -> None:
+    champion = streamed.registry.champion()
+    assert champion is not None
+    assert main(["rollback", "-w", str(streamed.root)]) == 0
+    restored = streamed.registry.champion()
+    assert restored is not None
+    assert restored.version == champion.tag("parent_version")
+    demoted = next(v for v in streamed.registry.versions() if v.version == champion.version)
+    assert demoted.status == "rolled back"
+    assert main(["rollback", "-w", str(streamed.root), "--to", "999"]) == 1

@@ -1,0 +1,287 @@
+"""The training loop on a tiny synthetic task: learning, determinism, growing, and the strategies."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from ratchet.config import TrainParams
+from ratchet.evaluate import split_metrics
+from ratchet.train.checkpoint import Checkpoint
+from ratchet.train.loop import EpochStats, FitResult, fit
+from ratchet.train.model import ModelSpec
+
+SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=())
+PARAMS = TrainParams(
+    strategy="replay",
+    num_epochs=5,
+    batch_size=32,
+    lr=0.01,
+    weight_decay=0.0,
+    seed=0,
+    device="cpu",
+    deterministic=True,
+    replay_memory_per_class=20,
+    replay_fraction=0.5,
+)
+
+
+def params(**changes: object) -> TrainParams:
+    return dataclasses.replace(PARAMS, **changes)  # type: ignore[arg-type]
+
+
+def pattern(name: str) -> np.ndarray:
+    """Each class is a distinct bright pattern on 8x8: rows, columns, checkerboard, solid."""
+    p = np.zeros((8, 8))
+    if name == "A":
+        p[::2, :] = 1
+    elif name == "B":
+        p[:, ::2] = 1
+    elif name == "C":
+        p[np.add.outer(np.arange(8), np.arange(8)) % 2 == 0] = 1
+    elif name == "D":
+        p[:] = 1
+    else:
+        raise ValueError(name)
+    return p
+
+
+def make(classes: str, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N,8,8,1) noisy images of the patterns, shuffled, with unicode class names."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([c for c in classes for _ in range(n_per_class)])
+    base = np.stack([pattern(c) for c in labels]) * 160 + 40
+    images = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)[..., None]
+    order = rng.permutation(len(labels))
+    return images[order], labels[order]
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    """Intra-op threads make these tiny models many times slower on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def champion() -> Checkpoint:
+    """Trained from scratch on A and B with replay, so its memory holds A and B samples."""
+    images, labels = make("AB", 40, seed=1)
+    return fit(None, SPEC, images, labels, PARAMS, "replay").checkpoint
+
+
+@pytest.fixture(scope="module")
+def new_cd() -> tuple[np.ndarray, np.ndarray]:
+    return make("CD", 40, seed=2)
+
+
+# ---- from scratch ----------------------------------------------------------------------------
+
+
+def test_fit_from_scratch_learns_the_synthetic_task() -> None:
+    # given four classes of noisy patterns
+    images, labels = make("DCBA", 40, seed=0)
+    # when trained from scratch
+    result = fit(None, SPEC, images, labels, params(strategy="finetune"), "finetune")
+    # then the result describes the run
+    assert isinstance(result, FitResult)
+    assert result.device == "cpu"
+    assert len(result.history) == PARAMS.num_epochs
+    assert result.images_processed == len(labels) * PARAMS.num_epochs
+    assert result.seconds > 0
+    # and the class map is the sorted batch classes
+    ck = result.checkpoint
+    assert ck.spec.classes == ("A", "B", "C", "D")
+    assert ck.spec == SPEC.with_classes(("A", "B", "C", "D"))
+    assert ck.model.head.out_features == 4
+    # and it learned: last-epoch train accuracy and held-out accuracy above 0.9
+    assert result.history[-1].accuracy > 0.9
+    assert result.history[-1].loss < result.history[0].loss
+    held_out = make("ABCD", 25, seed=100)
+    assert split_metrics(ck, *held_out).accuracy > 0.9
+    # and the returned model is on the CPU and in eval mode
+    assert not ck.model.training
+    assert all(p.device.type == "cpu" for p in ck.model.parameters())
+
+
+def test_same_seed_gives_bit_identical_weights() -> None:
+    images, labels = make("ABC", 30, seed=3)
+    a = fit(None, SPEC, images, labels, PARAMS, "finetune")
+    b = fit(None, SPEC, images, labels, PARAMS, "finetune")
+    c = fit(None, SPEC, images, labels, params(seed=1), "finetune")
+    assert same_state(a.checkpoint.model.state_dict(), b.checkpoint.model.state_dict())
+    assert [(s.loss, s.accuracy) for s in a.history] == [(s.loss, s.accuracy) for s in b.history]
+    # and the seed matters (the test above could not pass by ignoring it)
+    assert not same_state(a.checkpoint.model.state_dict(), c.checkpoint.model.state_dict())
+
+
+def test_replay_from_continued_champion_is_deterministic(champion: Checkpoint, new_cd: tuple) -> None:
+    a = fit(champion, SPEC, *new_cd, PARAMS, "replay").checkpoint
+    b = fit(champion, SPEC, *new_cd, PARAMS, "replay").checkpoint
+    assert same_state(a.model.state_dict(), b.model.state_dict())
+    assert np.array_equal(a.memory.images, b.memory.images)
+    assert np.array_equal(a.memory.labels, b.memory.labels)
+
+
+def test_replay_with_an_empty_memory_trains_exactly_like_finetune() -> None:
+    # given no champion (so no memory to replay)
+    images, labels = make("AB", 30, seed=4)
+    ft = fit(None, SPEC, images, labels, PARAMS, "finetune")
+    rp = fit(None, SPEC, images, labels, PARAMS, "replay")
+    # then the weights, the work done and the memory kept for later cycles are the same
+    assert same_state(ft.checkpoint.model.state_dict(), rp.checkpoint.model.state_dict())
+    assert ft.images_processed == rp.images_processed
+    assert ft.checkpoint.memory.per_class() == rp.checkpoint.memory.per_class() == {"A": 20, "B": 20}
+
+
+# ---- continuing from a champion --------------------------------------------------------------
+
+
+def test_new_classes_grow_the_head_and_keep_old_indices(champion: Checkpoint, new_cd: tuple) -> None:
+    assert champion.spec.classes == ("A", "B")
+    result = fit(champion, SPEC, *new_cd, PARAMS, "finetune")
+    spec = result.checkpoint.spec
+    assert spec.classes == ("A", "B", "C", "D")
+    assert spec.classes[:2] == champion.spec.classes
+    assert result.checkpoint.model.head.out_features == 4
+    # the candidate learned the new classes under their new indices
+    assert split_metrics(result.checkpoint, *make("CD", 20, seed=101)).accuracy > 0.9
+
+
+def test_a_batch_mixing_known_and_new_classes_appends_only_the_new(champion: Checkpoint) -> None:
+    images, labels = make("BC", 20, seed=5)
+    spec = fit(champion, SPEC, images, labels, PARAMS, "finetune").checkpoint.spec
+    assert spec.classes == ("A", "B", "C")
+
+
+def test_initial_spec_is_ignored_when_continuing(champion: Checkpoint) -> None:
+    # the champion's architecture wins over the bootstrap spec
+    other = dataclasses.replace(SPEC, width=16)
+    ck = fit(champion, other, *make("AB", 10, seed=6), PARAMS, "finetune").checkpoint
+    assert ck.spec.width == champion.spec.width
+    assert ck.model.head.in_features == champion.model.head.in_features
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "replay"])
+def test_the_champion_passed_as_start_is_not_modified(
+    champion: Checkpoint, new_cd: tuple, strategy: str
+) -> None:
+    # given a snapshot of the champion
+    weights = state(champion.model)
+    spec = champion.spec
+    mem_images, mem_labels = champion.memory.images.copy(), champion.memory.labels.copy()
+    head = champion.model.head
+    # when a candidate is trained from it (growing the head)
+    result = fit(champion, SPEC, *new_cd, PARAMS, strategy)
+    # then the champion's weights, head, class map and memory are all unchanged
+    assert same_state(state(champion.model), weights)
+    assert champion.model.head is head and champion.model.head.out_features == 2
+    assert champion.spec == spec and champion.spec.classes == ("A", "B")
+    assert np.array_equal(champion.memory.images, mem_images)
+    assert np.array_equal(champion.memory.labels, mem_labels)
+    # and the candidate is a different model object
+    assert result.checkpoint.model is not champion.model
+    assert not same_state(state(result.checkpoint.model), weights)
+
+
+# ---- the strategies --------------------------------------------------------------------------
+
+
+def test_replay_adds_replayed_samples_to_the_work(champion: Checkpoint, new_cd: tuple) -> None:
+    # given a champion with a non-empty memory
+    assert len(champion.memory) > 0
+    n = len(new_cd[1])
+    # when trained on the same new samples with each strategy
+    ft = fit(champion, SPEC, *new_cd, PARAMS, "finetune")
+    rp = fit(champion, SPEC, *new_cd, PARAMS, "replay")
+    # then finetune sees each new sample once per epoch, replay sees them plus memory samples
+    assert ft.images_processed == n * PARAMS.num_epochs
+    mem_per_step = round(PARAMS.batch_size * PARAMS.replay_fraction)
+    steps = math.ceil(n / (PARAMS.batch_size - mem_per_step))
+    assert rp.images_processed == (n + steps * mem_per_step) * PARAMS.num_epochs
+    assert rp.images_processed > ft.images_processed
+
+
+def test_replay_updates_the_memory_class_balanced(champion: Checkpoint, new_cd: tuple) -> None:
+    cap = PARAMS.replay_memory_per_class
+    memory = fit(champion, SPEC, *new_cd, PARAMS, "replay").checkpoint.memory
+    counts = memory.per_class()
+    # old classes are still there, new ones were added, none above the cap
+    assert set(counts) == {"A", "B", "C", "D"}
+    assert all(0 < c <= cap for c in counts.values())
+    assert counts == {"A": cap, "B": cap, "C": cap, "D": cap}
+    # and the old classes' samples are the champion's (absent from the batch: kept as they were)
+    old = {im.tobytes() for im in champion.memory.images}
+    kept = [im.tobytes() for im, lab in zip(memory.images, memory.labels, strict=True) if lab in ("A", "B")]
+    assert kept and all(k in old for k in kept)
+
+
+def test_finetune_also_keeps_the_memory_up_to_date(champion: Checkpoint, new_cd: tuple) -> None:
+    # the memory is state for later cycles, maintained whatever this cycle's strategy
+    memory = fit(champion, SPEC, *new_cd, PARAMS, "finetune").checkpoint.memory
+    assert set(memory.per_class()) == {"A", "B", "C", "D"}
+    old = {im.tobytes() for im in champion.memory.images}
+    kept = [im.tobytes() for im, lab in zip(memory.images, memory.labels, strict=True) if lab in ("A", "B")]
+    assert kept and all(k in old for k in kept)
+
+
+def test_replay_fraction_zero_replays_nothing(champion: Checkpoint, new_cd: tuple) -> None:
+    ft = fit(champion, SPEC, *new_cd, PARAMS, "finetune")
+    none = fit(champion, SPEC, *new_cd, params(replay_fraction=0.0), "replay")
+    assert none.images_processed == ft.images_processed
+
+
+def test_replay_reduces_forgetting_on_a_class_incremental_toy(champion: Checkpoint, new_cd: tuple) -> None:
+    # given a champion that knows A and B
+    old_held_out = make("AB", 30, seed=200)
+    new_held_out = make("CD", 30, seed=201)
+    assert split_metrics(champion, *old_held_out).accuracy > 0.9
+    # when the next cycle brings only C and D (8 epochs: over 20 seeds finetune then kept 0% of A/B
+    # and replay 100%; with 5 epochs finetune occasionally kept 80%)
+    longer = params(num_epochs=8)
+    ft = fit(champion, SPEC, *new_cd, longer, "finetune").checkpoint
+    rp = fit(champion, SPEC, *new_cd, longer, "replay").checkpoint
+    ft_old = split_metrics(ft, *old_held_out).accuracy
+    rp_old = split_metrics(rp, *old_held_out).accuracy
+    # then finetune forgets A and B, replay remembers them, and both learn C and D
+    assert rp_old > 0.9
+    assert rp_old - ft_old > 0.5, (rp_old, ft_old)
+    assert split_metrics(ft, *new_held_out).accuracy > 0.9
+    assert split_metrics(rp, *new_held_out).accuracy > 0.9
+
+
+# ---- callbacks and errors --------------------------------------------------------------------
+
+
+def test_on_epoch_is_called_once_per_epoch_with_1_based_epochs() -> None:
+    seen: list[EpochStats] = []
+    result = fit(None, SPEC, *make("AB", 10, seed=7), params(num_epochs=3), "finetune", on_epoch=seen.append)
+    assert [s.epoch for s in seen] == [1, 2, 3]
+    assert tuple(seen) == result.history
+    assert all(0.0 <= s.accuracy <= 1.0 and s.loss > 0 and s.seconds >= 0 for s in seen)
+
+
+def test_unknown_strategy_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="ewc"):
+        fit(None, SPEC, *make("AB", 5, seed=8), PARAMS, "ewc")
+
+
+def test_no_training_samples_is_a_value_error() -> None:
+    images = np.zeros((0, 8, 8, 1), dtype=np.uint8)
+    with pytest.raises(ValueError, match="no training samples"):
+        fit(None, SPEC, images, np.array([], dtype=str), PARAMS, "finetune")

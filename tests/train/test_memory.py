@@ -1,0 +1,102 @@
+"""Replay memory: bounded per class, class-balanced over memory and new samples, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ratchet.train.memory import ReplayMemory
+
+
+def samples(spec: dict[str, int], tag: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N,8,8,1) images whose pixels record (class index, tag, serial) to trace them later."""
+    labels = np.array([name for name, n in spec.items() for _ in range(n)])
+    images = np.zeros((len(labels), 8, 8, 1), dtype=np.uint8)
+    names = sorted(spec)
+    for i, name in enumerate(labels):
+        images[i, 0, 0, 0] = names.index(name) + 1
+        images[i, 0, 1, 0] = tag
+        images[i, 0, 2, 0] = i % 256
+    return images, labels
+
+
+def memory_of(spec: dict[str, int], tag: int = 0) -> ReplayMemory:
+    return ReplayMemory.empty(8, 1).updated(*samples(spec, tag), per_class=10_000, seed=0)
+
+
+def test_empty_memory_has_the_canonical_shape() -> None:
+    m = ReplayMemory.empty(8, 3)
+    assert len(m) == 0 and m.per_class() == {}
+    assert m.images.shape == (0, 8, 8, 3) and m.images.dtype == np.uint8
+
+
+def test_empty_memory_plus_new_samples_keeps_up_to_per_class() -> None:
+    # given an empty memory and a batch of A:10, B:2
+    images, labels = samples({"A": 10, "B": 2})
+    # when updated with per_class 4
+    m = ReplayMemory.empty(8, 1).updated(images, labels, per_class=4, seed=0)
+    # then A is capped, B (fewer than the cap) is kept whole
+    assert m.per_class() == {"A": 4, "B": 2}
+    assert m.images.shape == (6, 8, 8, 1) and m.images.dtype == np.uint8
+    assert m.labels.dtype.kind == "U"
+    # and every kept image is one of the new images
+    new = {im.tobytes() for im in images}
+    assert all(im.tobytes() in new for im in m.images)
+
+
+def test_bound_per_class_holds_over_memory_and_new() -> None:
+    # given a memory with A:5, C:5 and a batch with A:10, B:3
+    m = memory_of({"A": 5, "C": 5}, tag=1)
+    images, labels = samples({"A": 10, "B": 3}, tag=2)
+    # when updated with per_class 4
+    out = m.updated(images, labels, per_class=4, seed=0)
+    # then no class holds more than 4 samples
+    assert out.per_class() == {"A": 4, "B": 3, "C": 4}
+
+
+def test_images_and_labels_stay_paired() -> None:
+    m = memory_of({"A": 7, "B": 7, "C": 7}, tag=1)
+    images, labels = samples({"A": 9, "B": 9, "C": 9}, tag=2)
+    out = m.updated(images, labels, per_class=5, seed=3)
+    names = ["A", "B", "C"]
+    assert [names[int(im[0, 0, 0]) - 1] for im in out.images] == out.labels.tolist()
+
+
+def test_classes_absent_from_the_batch_keep_their_samples() -> None:
+    # given a memory holding A:3 and C:3
+    m = memory_of({"A": 3, "C": 3}, tag=1)
+    before = {im.tobytes() for im, lab in zip(m.images, m.labels, strict=True) if lab == "A"}
+    # when a batch of only B arrives
+    images, labels = samples({"B": 20}, tag=2)
+    out = m.updated(images, labels, per_class=5, seed=0)
+    # then A's very samples are still there
+    after = {im.tobytes() for im, lab in zip(out.images, out.labels, strict=True) if lab == "A"}
+    assert after == before and len(after) == 3
+    assert out.per_class() == {"A": 3, "B": 5, "C": 3}
+
+
+def test_a_class_seen_again_samples_from_old_and_new_together() -> None:
+    # given A:50 in memory (tag 1) and A:50 new (tag 2), cap 20
+    m = memory_of({"A": 50}, tag=1)
+    out = m.updated(*samples({"A": 50}, tag=2), per_class=20, seed=0)
+    tags = out.images[:, 0, 1, 0].tolist()
+    # then both sources are represented (all-from-one-side has probability ~1e-8)
+    assert len(tags) == 20
+    assert 0 < tags.count(1) < 20 and tags.count(1) + tags.count(2) == 20
+
+
+def test_deterministic_for_a_seed_and_seed_matters() -> None:
+    m = memory_of({"A": 30, "B": 30}, tag=1)
+    images, labels = samples({"A": 30, "B": 30}, tag=2)
+    a = m.updated(images, labels, per_class=5, seed=7)
+    b = m.updated(images, labels, per_class=5, seed=7)
+    c = m.updated(images, labels, per_class=5, seed=8)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_updated_does_not_modify_the_memory() -> None:
+    m = memory_of({"A": 8}, tag=1)
+    images_before, labels_before = m.images.copy(), m.labels.copy()
+    m.updated(*samples({"A": 8, "B": 8}, tag=2), per_class=2, seed=0)
+    assert np.array_equal(m.images, images_before) and np.array_equal(m.labels, labels_before)
+    assert len(m) == 8
