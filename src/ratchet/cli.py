@@ -169,10 +169,20 @@ def cmd_reference_data(args: argparse.Namespace) -> int:
 
     from ratchet.data.digits import digits_stream
 
+    from ratchet.data import versioning
+    from ratchet.workspace import open_workspace
+
+    ws = open_workspace(args.directory)
     with tempfile.TemporaryDirectory() as incoming:
         for batch in digits_stream():
-            report = ingest_into(args.directory, batch.save_npz(Path(incoming)), version=False)
+            report = ingest_into(ws.root, batch.save_npz(Path(incoming)), version=False)
             print(f"{batch.name}: {report.batch_id or 'already present'}")
+    # cache what was regenerated under data.dvc's hash; if the hash moved, the data is not that version
+    versioning.dvc(ws.root, "commit", "-f", "-q", versioning.DATA_DVC)
+    if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
+        versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
+        raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")
+    print(f"data matches {versioning.DATA_DVC}: {versioning.data_version(ws.root)}")
     return 0
 
 
