@@ -15,12 +15,15 @@ from ratchet.data.digits import StreamBatch, digits_stream
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="session")
-def quiet_tools() -> None:
+def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # Prefect's console log handlers keep the sys.stderr of the moment they are (re)built, which in a
+    # test run can be a capture stream pytest closes later; records still reach the Prefect server
+    for handler in ("CONSOLE", "DEBUG"):
+        os.environ[f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL"] = "CRITICAL"
 
 
 @pytest.fixture(scope="session")

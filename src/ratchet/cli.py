@@ -167,9 +167,8 @@ def cmd_reference_data(args: argparse.Namespace) -> int:
     """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
     import tempfile
 
-    from ratchet.data.digits import digits_stream
-
     from ratchet.data import versioning
+    from ratchet.data.digits import digits_stream
     from ratchet.workspace import open_workspace
 
     ws = open_workspace(args.directory)
