@@ -52,10 +52,13 @@ def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
     if not source.exists():
         raise InputError(f"batch not found: {source}")
 
+    live = sys.stdout.isatty()
+
     def progress(done: int, total: int) -> None:
-        print(
-            f"\r  ingesting {source.name}: {done}/{total} files", end="" if done < total else "\n", flush=True
-        )
+        # a live counter on a terminal; in logs only the final count
+        if live or done == total:
+            end = "\n" if done == total else ""
+            print(f"\r  ingesting {source.name}: {done}/{total} files", end=end, flush=True)
 
     with ws.lock():
         report = ingest_batch(source, ws.data_dir, params.data, progress)

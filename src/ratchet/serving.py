@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
-class RatchetClassifier(mlflow.pyfunc.PythonModel):
+class RatchetClassifier(PythonModel):
     """predict(uint8 images (N,H,W) or (N,H,W,C)) -> DataFrame[label, class_index, confidence]."""
 
     def load_context(self, context: Any) -> None:

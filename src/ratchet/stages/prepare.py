@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -26,11 +27,12 @@ def run(ws: Workspace) -> Path:
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     out = stage_dir(ws, PREPARED)
     with fresh_dir(out) as tmp:
-        for name, batches, split in (
+        parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [
             ("train", cycle.new_batches, "train"),
             ("new", cycle.new_batches, "held_out"),
             ("old", cycle.old_batches, "held_out"),
-        ):
+        ]
+        for name, batches, split in parts:
             if batches:
                 samples = catalog.load_split(ws.data_dir, list(batches), split)
                 images, labels = samples.images, samples.labels
