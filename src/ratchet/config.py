@@ -48,7 +48,10 @@ class TrainParams:
     strategy: Strategy
     num_epochs: int
     batch_size: int
-    lr: float
+    lr: float  # peak learning rate when training from scratch (one-cycle schedule)
+    finetune_lr: (
+        float  # peak learning rate when continuing from the champion: smaller steps keep what it knew
+    )
     weight_decay: float
     seed: int
     device: Literal["auto", "cpu", "cuda"]
@@ -141,6 +144,7 @@ def _check_ranges(p: Params) -> None:
         (p.train.num_epochs > 0, "train.num_epochs must be positive"),
         (p.train.batch_size > 0, "train.batch_size must be positive"),
         (p.train.lr > 0, "train.lr must be positive"),
+        (p.train.finetune_lr > 0, "train.finetune_lr must be positive"),
         (p.train.weight_decay >= 0, "train.weight_decay must not be negative"),
         (0 <= p.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (p.train.replay_memory_per_class >= 0, "train.replay_memory_per_class must not be negative"),

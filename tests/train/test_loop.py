@@ -22,6 +22,7 @@ PARAMS = TrainParams(
     num_epochs=5,
     batch_size=32,
     lr=0.01,
+    finetune_lr=0.01,
     weight_decay=0.0,
     seed=0,
     device="cpu",

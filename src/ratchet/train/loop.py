@@ -105,11 +105,12 @@ def fit(
     steps_per_epoch = math.ceil(len(new_y) / new_per_step)
     total_steps = steps_per_epoch * params.num_epochs
     use_cuda = device.type == "cuda"
+    lr = params.lr if start is None else params.finetune_lr
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=use_cuda or None
+        model.parameters(), lr=lr, weight_decay=params.weight_decay, fused=use_cuda or None
     )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=params.lr, total_steps=total_steps, pct_start=0.15
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15
     )
     # shuffles come from a CPU generator so CPU and GPU runs see the same sample order
     gen = torch.Generator().manual_seed(params.seed)
