@@ -255,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RatchetError as exc:
         print(f"ratchet: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # the reader went away (`ratchet status | head`): nothing left to say, and nothing failed
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe until exit
+        return 0
     except KeyboardInterrupt:
         print("ratchet: interrupted", file=sys.stderr)
         return 130
