@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from ratchet.errors import InputError
 
-Strategy = Literal["finetune", "replay"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+# A strategy is one name or several joined by "+" (e.g. "replay+lwf"); see parse_strategy.
+STRATEGIES: tuple[str, ...] = ("finetune", "replay", "ewc", "lwf", "transfer", "joint")
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,15 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: Literal["small_cnn"]
-    width: int  # channels of the first conv block; later blocks double it
+    arch: Literal["small_cnn", "resnet18"]
+    width: int  # small_cnn: channels of the first conv block; later blocks double it
     dropout: float
+    pretrained: str | None  # bootstrap weights: a local state_dict file (e.g. torchvision resnet18)
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    strategy: Strategy
+    strategy: str  # finetune | replay | ewc | lwf | transfer | joint, or a combination like replay+lwf
     num_epochs: int
     batch_size: int
     lr: float  # peak learning rate when training from scratch (one-cycle schedule)
@@ -58,6 +59,14 @@ class TrainParams:
     deterministic: bool  # bitwise-repeatable runs on the same machine (what `dvc repro` checks)
     replay_memory_per_class: int  # replay: stored training samples per class, class-balanced
     replay_fraction: float  # replay: share of each minibatch drawn from the memory
+    ewc_lambda: float  # ewc: weight of the quadratic penalty towards the champion's weights
+    ewc_gamma: float  # ewc (online): decay of earlier cycles' Fisher information, 0..1
+    ewc_fisher_samples: int  # ewc: training samples used to estimate the Fisher information
+    lwf_alpha: float  # lwf: weight of the distillation loss on the champion's outputs
+    lwf_temperature: float  # lwf: softmax temperature of the distillation
+    transfer_head_epochs: int  # transfer: epochs training the head only before unfreezing
+    transfer_lr_decay: float  # transfer: lr factor per block further from the head, 0..1
+    compile: bool  # torch.compile the model (worth it on a GPU for long runs)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise InputError(f"params: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
         return value
     if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in get_args(annotation):
+            return None
         return _coerce(value, next(a for a in get_args(annotation) if a is not type(None)), key)
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)  # type: ignore[arg-type]
@@ -149,6 +160,13 @@ def _check_ranges(p: Params) -> None:
         (0 <= p.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (p.train.replay_memory_per_class >= 0, "train.replay_memory_per_class must not be negative"),
         (0.0 <= p.train.replay_fraction < 1.0, "train.replay_fraction must be in [0, 1)"),
+        (p.train.ewc_lambda >= 0, "train.ewc_lambda must not be negative"),
+        (0.0 <= p.train.ewc_gamma <= 1.0, "train.ewc_gamma must be in [0, 1]"),
+        (p.train.ewc_fisher_samples > 0, "train.ewc_fisher_samples must be positive"),
+        (p.train.lwf_alpha >= 0, "train.lwf_alpha must not be negative"),
+        (p.train.lwf_temperature > 0, "train.lwf_temperature must be positive"),
+        (p.train.transfer_head_epochs >= 0, "train.transfer_head_epochs must not be negative"),
+        (0.0 < p.train.transfer_lr_decay <= 1.0, "train.transfer_lr_decay must be in (0, 1]"),
         (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
         (0.0 <= p.gate.min_accuracy <= 1.0, "gate.min_accuracy must be in [0, 1]"),
     ]
@@ -157,15 +175,30 @@ def _check_ranges(p: Params) -> None:
             raise InputError(f"params: {message}")
 
 
+def parse_strategy(name: str) -> frozenset[str]:
+    """ "replay+lwf" -> {"replay", "lwf"}. finetune and joint stand alone; the others combine."""
+    parts = [p.strip() for p in name.split("+")]
+    unknown = [p for p in parts if p not in STRATEGIES]
+    if unknown or not name:
+        raise InputError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, combined with +)")
+    alone = {"finetune", "joint"} & set(parts)
+    if alone and len(parts) > 1:
+        raise InputError(f"strategy {next(iter(alone))} does not combine with others: {name!r}")
+    return frozenset(parts)
+
+
 def check_strategy(name: str) -> str:
-    if name not in STRATEGIES:
-        raise InputError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    parse_strategy(name)
     return name
 
 
 def parse_params(raw: Any) -> Params:
     params = _build(Params, raw, "")
     _check_ranges(params)
+    try:
+        parse_strategy(params.train.strategy)
+    except InputError as exc:
+        raise InputError(f"params: train.strategy: {exc}") from None
     return params
 
 

@@ -10,64 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ratchet.config import TrainParams
+from ratchet.errors import InputError
 from ratchet.evaluate import split_metrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.loop import EpochStats, FitResult, fit
-from ratchet.train.model import ModelSpec
 
-SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=())
-PARAMS = TrainParams(
-    strategy="replay",
-    num_epochs=5,
-    batch_size=32,
-    lr=0.01,
-    finetune_lr=0.01,
-    weight_decay=0.0,
-    seed=0,
-    device="cpu",
-    deterministic=True,
-    replay_memory_per_class=20,
-    replay_fraction=0.5,
-)
-
-
-def params(**changes: object) -> TrainParams:
-    return dataclasses.replace(PARAMS, **changes)  # type: ignore[arg-type]
-
-
-def pattern(name: str) -> np.ndarray:
-    """Each class is a distinct bright pattern on 8x8: rows, columns, checkerboard, solid."""
-    p = np.zeros((8, 8))
-    if name == "A":
-        p[::2, :] = 1
-    elif name == "B":
-        p[:, ::2] = 1
-    elif name == "C":
-        p[np.add.outer(np.arange(8), np.arange(8)) % 2 == 0] = 1
-    elif name == "D":
-        p[:] = 1
-    else:
-        raise ValueError(name)
-    return p
-
-
-def make(classes: str, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N,8,8,1) noisy images of the patterns, shuffled, with unicode class names."""
-    rng = np.random.default_rng(seed)
-    labels = np.array([c for c in classes for _ in range(n_per_class)])
-    base = np.stack([pattern(c) for c in labels]) * 160 + 40
-    images = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)[..., None]
-    order = rng.permutation(len(labels))
-    return images[order], labels[order]
-
-
-def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+from .toy import PARAMS, SPEC, make, params, same_state, state
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,9 +225,11 @@ def test_on_epoch_is_called_once_per_epoch_with_1_based_epochs() -> None:
     assert all(0.0 <= s.accuracy <= 1.0 and s.loss > 0 and s.seconds >= 0 for s in seen)
 
 
-def test_unknown_strategy_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="ewc"):
-        fit(None, SPEC, *make("AB", 5, seed=8), PARAMS, "ewc")
+def test_unknown_strategy_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="unknown strategy 'magic'"):
+        fit(None, SPEC, *make("AB", 5, seed=8), PARAMS, "magic")
+    with pytest.raises(InputError, match="does not combine"):
+        fit(None, SPEC, *make("AB", 5, seed=8), PARAMS, "joint+replay")
 
 
 def test_no_training_samples_is_a_value_error() -> None:

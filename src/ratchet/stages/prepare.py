@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from ratchet.config import parse_strategy
 from ratchet.cycle import PREPARED, Cycle, open_registry, stage_dir
 from ratchet.data import catalog
 from ratchet.errors import InputError
@@ -27,8 +28,14 @@ def run(ws: Workspace) -> Path:
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     out = stage_dir(ws, PREPARED)
     with fresh_dir(out) as tmp:
+        # joint retrains from scratch on everything seen so far; every other strategy on the new batches
+        train_batches = (
+            cycle.old_batches + cycle.new_batches
+            if "joint" in parse_strategy(cycle.strategy)
+            else cycle.new_batches
+        )
         parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [
-            ("train", cycle.new_batches, "train"),
+            ("train", train_batches, "train"),
             ("new", cycle.new_batches, "held_out"),
             ("old", cycle.old_batches, "held_out"),
         ]

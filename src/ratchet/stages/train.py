@@ -39,10 +39,12 @@ def run(ws: Workspace) -> FitResult:
     )
     origin = f"version {cycle.parent_version}" if start else "scratch"
     print(f"training {len(labels)} samples from {origin} with {cycle.strategy}", flush=True)
-    result = fit(start, initial, images, labels, params.train, cycle.strategy, on_epoch=print_epoch)
+    result = fit(
+        start, initial, images, labels, params.train, cycle.strategy, print_epoch, params.model.pretrained
+    )
     with fresh_dir(stage_dir(ws, CANDIDATE)) as tmp:
         ck = result.checkpoint
-        save_checkpoint(tmp / "checkpoint", ck.model, ck.spec, ck.memory)
+        save_checkpoint(tmp / "checkpoint", ck.model, ck.spec, ck.memory, ck.ewc)
         # no timings here: the output must hash the same when `dvc repro` repeats the run
         history = [{"epoch": s.epoch, "loss": s.loss, "accuracy": s.accuracy} for s in result.history]
         write_text(tmp / "history.json", json.dumps(history, indent=1) + "\n")

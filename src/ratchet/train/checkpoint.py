@@ -16,29 +16,45 @@ import torch
 
 from ratchet.atomic import atomic_path, write_text
 from ratchet.train.memory import ReplayMemory
-from ratchet.train.model import ModelSpec, SmallCNN, build_model
+from ratchet.train.model import Classifier, ModelSpec, build_model
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.pt"
 MEMORY_FILE = "memory.npz"
+EWC_FILE = "ewc.pt"
+
+# online EWC state: per parameter name, the Fisher information and the anchor (champion) weights
+EwcState = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    model: SmallCNN
+    model: Classifier
     spec: ModelSpec
     memory: ReplayMemory
+    ewc: EwcState | None = None  # present once a cycle trained with ewc
 
 
-def save_checkpoint(directory: Path, model: SmallCNN, spec: ModelSpec, memory: ReplayMemory) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _save_tensors(path: Path, obj: object) -> None:
     # through memory: torch.save names the archive after the file, and the temp name is random,
     # which would make identical weights hash differently (dvc.lock compares hashes)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(
+    directory: Path, model: Classifier, spec: ModelSpec, memory: ReplayMemory, ewc: EwcState | None = None
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_tensors(directory / WEIGHTS_FILE, _cpu(model.state_dict()))
+    if ewc is not None:
+        _save_tensors(directory / EWC_FILE, {part: _cpu(tensors) for part, tensors in ewc.items()})
     with atomic_path(directory / MEMORY_FILE) as tmp, tmp.open("wb") as f:
         np.savez(f, images=memory.images, labels=memory.labels)
     write_text(directory / SPEC_FILE, json.dumps(spec.to_json(), indent=1, sort_keys=True) + "\n")
@@ -56,4 +72,6 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
             memory = ReplayMemory(images=npz["images"], labels=npz["labels"])
     else:
         memory = ReplayMemory.empty(spec.image_size, spec.in_channels)
-    return Checkpoint(model=model.to(device), spec=spec, memory=memory)
+    ewc_path = directory / EWC_FILE
+    ewc = torch.load(ewc_path, map_location="cpu", weights_only=True) if ewc_path.exists() else None
+    return Checkpoint(model=model.to(device), spec=spec, memory=memory, ewc=ewc)

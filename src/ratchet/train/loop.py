@@ -12,10 +12,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ratchet.config import TrainParams
+from ratchet.config import TrainParams, parse_strategy
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.memory import ReplayMemory
-from ratchet.train.model import ModelSpec, build_model, grow_head, label_indices, preprocess
+from ratchet.train.model import (
+    Classifier,
+    ModelSpec,
+    build_model,
+    grow_head,
+    label_indices,
+    load_backbone,
+    preprocess,
+)
+from ratchet.train.strategies import (
+    EwcPenalty,
+    TransferPlan,
+    distillation_loss,
+    estimate_fisher,
+    online_ewc_state,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
+def _initial_model(
+    start: Checkpoint | None, initial_spec: ModelSpec, batch_classes: tuple[str, ...], joint: bool
+) -> tuple[Classifier, ModelSpec]:
+    if start is None:
+        spec = initial_spec.with_classes(batch_classes)
+        return build_model(spec), spec
+    if joint:
+        # from scratch, but the champion's class order is kept: indices never move
+        spec = start.spec.with_classes(
+            start.spec.classes + tuple(c for c in batch_classes if c not in start.spec.classes)
+        )
+        return build_model(spec), spec
+    # a copy: the champion passed in stays intact (it is the LwF teacher and the comparison)
+    model = copy.deepcopy(start.model)
+    spec = grow_head(model, start.spec, batch_classes)
+    return model, spec
+
+
 def fit(
     start: Checkpoint | None,
     initial_spec: ModelSpec,
@@ -62,35 +95,53 @@ def fit(
     params: TrainParams,
     strategy: str,
     on_epoch: EpochCallback | None = None,
+    pretrained: str | None = None,
 ) -> FitResult:
-    """Train a candidate on one cycle's new training samples.
+    """Train a candidate on one cycle's training samples.
 
-    `start` is the champion (weights, class map and replay memory) or None to bootstrap from
-    `initial_spec`. Classes the champion never saw grow its head. `strategy`:
-      finetune: the new samples only;
-      replay:   each minibatch mixes new samples with the champion's replay memory.
-    The returned checkpoint carries the updated memory (the champion's memory is never modified).
+    `start` is the champion (weights, class map, replay memory, EWC state) or None to bootstrap
+    from `initial_spec` (and `pretrained` weights, if given). New classes grow the head; old class
+    indices never move. `strategy` is one name or several joined by "+":
+      finetune: the new samples only (the naive baseline);
+      replay:   each minibatch mixes in the bounded, class-balanced memory of earlier samples;
+      ewc:      online elastic weight consolidation towards the champion's weights;
+      lwf:      distil the champion's outputs on every minibatch (learning without forgetting);
+      transfer: head first, then unfreeze blocks last-first with lower rates for earlier layers;
+      joint:    from scratch on every sample given (the caller passes all training data seen).
+    The returned checkpoint carries the updated state; the champion's is never modified.
     Seeds and torch's determinism flags are set process-wide: a cycle owns its process.
     """
-    if strategy not in ("finetune", "replay"):
-        raise ValueError(f"unknown strategy {strategy!r}")
+    parts = parse_strategy(strategy)
     if len(labels) == 0:
         raise ValueError("no training samples")
     seed_everything(params.seed, params.deterministic)
     device = select_device(params.device)
+    use_cuda = device.type == "cuda"
 
     batch_classes = tuple(sorted({str(x) for x in labels}))
-    if start is None:
-        spec = initial_spec.with_classes(batch_classes)
-        model = build_model(spec)
-        memory = ReplayMemory.empty(spec.image_size, spec.in_channels)
-    else:
-        # a copy: the champion passed in stays intact for comparison
-        model, spec, memory = copy.deepcopy(start.model), start.spec, start.memory
-        spec = grow_head(model, spec, batch_classes)
+    model, spec = _initial_model(start, initial_spec, batch_classes, "joint" in parts)
+    if start is None and pretrained:
+        load_backbone(model, pretrained)
+    memory = start.memory if start is not None else ReplayMemory.empty(spec.image_size, spec.in_channels)
     model = model.to(device)
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
 
-    replay = strategy == "replay" and len(memory) > 0 and params.replay_fraction > 0
+    champion = start if start is not None and "joint" not in parts else None
+    continuing = champion is not None
+    teacher = champion.model.to(device).eval() if champion is not None and "lwf" in parts else None
+    ewc = (
+        EwcPenalty(champion.ewc, model, params.ewc_lambda)
+        if champion is not None and champion.ewc is not None and "ewc" in parts
+        else None
+    )
+    transfer = (
+        TransferPlan(model, params.transfer_head_epochs, params.transfer_lr_decay)
+        if "transfer" in parts and (continuing or pretrained)
+        else None
+    )
+
+    replay = "replay" in parts and len(memory) > 0 and params.replay_fraction > 0
     new_x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
     if replay:
@@ -104,23 +155,29 @@ def fit(
 
     steps_per_epoch = math.ceil(len(new_y) / new_per_step)
     total_steps = steps_per_epoch * params.num_epochs
-    use_cuda = device.type == "cuda"
-    lr = params.lr if start is None else params.finetune_lr
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=lr, weight_decay=params.weight_decay, fused=use_cuda or None
-    )
+    lr = params.finetune_lr if continuing else params.lr
+    if transfer is not None:
+        groups = [{"params": g} for g in transfer.param_groups(model)]
+        max_lr: float | list[float] = [lr * scale for scale in transfer.lr_scales()]
+    else:
+        groups = [{"params": list(model.parameters())}]
+        max_lr = lr
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=params.weight_decay, fused=use_cuda or None)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.15
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.15
     )
+    forward = torch.compile(model) if params.compile else model
     # shuffles come from a CPU generator so CPU and GPU runs see the same sample order
     gen = torch.Generator().manual_seed(params.seed)
 
     history: list[EpochStats] = []
     processed = 0
     t_start = time.perf_counter()
-    model.train()
     for epoch in range(1, params.num_epochs + 1):
         t_epoch = time.perf_counter()
+        model.train()
+        if transfer is not None:
+            transfer.apply(epoch)
         order = torch.randperm(len(new_y), generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -132,9 +189,20 @@ def fit(
                 pick = torch.randint(len(mem_y), (mem_per_step,), generator=gen).to(device)
                 xb = torch.cat([xb, mem_x[pick]])
                 yb = torch.cat([yb, mem_y[pick]])
+            inputs = preprocess(xb)
+            if use_cuda:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_cuda):
-                logits = model(preprocess(xb))
+                logits = forward(inputs)
                 loss = F.cross_entropy(logits.float(), yb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(inputs)
+                    loss = loss + params.lwf_alpha * distillation_loss(
+                        logits, teacher_logits, params.lwf_temperature
+                    )
+            if ewc is not None:
+                loss = loss + ewc()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -154,12 +222,22 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
 
+    model.requires_grad_(True)
     model.eval()
+    ewc_state = start.ewc if start is not None else None
+    if "ewc" in parts:
+        n = min(len(new_y), params.ewc_fisher_samples)
+        pick = torch.randperm(len(new_y), generator=gen)[:n].to(device)
+        fisher = estimate_fisher(model, new_x[pick], new_y[pick])
+        ewc_state = online_ewc_state(ewc_state, fisher, model, params.ewc_gamma)
     # the memory is continual-learning state kept whatever this cycle's strategy, so a later
-    # replay cycle can protect classes first learned under finetune
+    # replay cycle can protect classes first learned under another strategy
     new_memory = memory.updated(images, labels, params.replay_memory_per_class, params.seed)
+    model = model.to(memory_format=torch.contiguous_format).to("cpu")
+    if champion is not None:
+        champion.model.to("cpu")  # the teacher went to the device; the caller's champion stays on the CPU
     return FitResult(
-        checkpoint=Checkpoint(model=model.to("cpu"), spec=spec, memory=new_memory),
+        checkpoint=Checkpoint(model=model, spec=spec, memory=new_memory, ewc=ewc_state),
         history=tuple(history),
         images_processed=processed,
         seconds=time.perf_counter() - t_start,

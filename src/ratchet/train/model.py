@@ -74,11 +74,48 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def blocks(self) -> list[nn.Module]:
+        """Feature blocks from input to head: transfer learning unfreezes them last first."""
+        return [self.backbone[0], self.backbone[1]]
 
-ARCHS = {"small_cnn": SmallCNN}
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 with the head replaced; a small-image stem below 64 pixels.
+
+    The torchvision network keeps its parameter names under `net.`, so a local torchvision
+    state_dict loads into it (`load_backbone`). No weights are ever downloaded.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        small = spec.image_size < 64
+        if small or spec.in_channels != 3:
+            # 7x7/2 + maxpool would shrink a 28x28 image to 7x7 before the first block
+            k, stride, pad = (3, 1, 1) if small else (7, 2, 3)
+            net.conv1 = nn.Conv2d(spec.in_channels, 64, k, stride=stride, padding=pad, bias=False)
+        if small:
+            net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.dropout = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(512, spec.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.net(x)))
+
+    def blocks(self) -> list[nn.Module]:
+        n = self.net
+        return [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4]
 
 
-def build_model(spec: ModelSpec) -> SmallCNN:
+Classifier = SmallCNN | ResNet18
+ARCHS: dict[str, type[SmallCNN] | type[ResNet18]] = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+
+
+def build_model(spec: ModelSpec) -> Classifier:
     if spec.arch not in ARCHS:
         raise ValueError(f"unknown architecture {spec.arch!r} (known: {', '.join(ARCHS)})")
     if spec.num_classes == 0:
@@ -86,7 +123,24 @@ def build_model(spec: ModelSpec) -> SmallCNN:
     return ARCHS[spec.arch](spec)
 
 
-def grow_head(model: SmallCNN, spec: ModelSpec, new_classes: tuple[str, ...]) -> ModelSpec:
+def load_backbone(model: Classifier, path: str) -> list[str]:
+    """Load a local state_dict into the feature layers (weights-only); returns the keys that did not fit.
+
+    A torchvision resnet18 file loads into ResNet18 (its `fc.*` head is dropped: classes differ);
+    a ratchet weights.pt loads into the same architecture, head excepted.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head."))}
+    target = (
+        model.net if isinstance(model, ResNet18) and not any(k.startswith("net.") for k in state) else model
+    )
+    mine = target.state_dict()
+    usable = {k: v for k, v in state.items() if k in mine and mine[k].shape == v.shape}
+    target.load_state_dict(usable, strict=False)
+    return sorted(set(state) - set(usable))
+
+
+def grow_head(model: Classifier, spec: ModelSpec, new_classes: tuple[str, ...]) -> ModelSpec:
     """Append output units for classes the model has never seen; existing rows keep their weights.
 
     Old class indices never move, so the champion's predictions stay comparable with the candidate's.

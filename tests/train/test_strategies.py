@@ -1,0 +1,182 @@
+"""Each strategy demonstrably changes training: EWC's penalty, LwF's teacher, transfer's freezing, joint."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ratchet.evaluate import split_metrics
+from ratchet.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ratchet.train.loop import fit
+from ratchet.train.model import ModelSpec, ResNet18, build_model, grow_head, load_backbone, preprocess
+from ratchet.train.strategies import EwcPenalty, TransferPlan, distillation_loss
+
+from .toy import PARAMS, SPEC, make, params, same_state, state
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ewc_champion() -> Checkpoint:
+    return fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "ewc").checkpoint
+
+
+@pytest.fixture(scope="module")
+def new_cd() -> tuple[np.ndarray, np.ndarray]:
+    return make("CD", 40, seed=2)
+
+
+def test_ewc_estimates_fisher_and_anchors_after_each_cycle(ewc_champion: Checkpoint) -> None:
+    ewc = ewc_champion.ewc
+    assert ewc is not None
+    names = {n for n, _ in ewc_champion.model.named_parameters()}
+    assert set(ewc["fisher"]) == names == set(ewc["anchor"])
+    assert sum(float(f.sum()) for f in ewc["fisher"].values()) > 0
+    for n, p in ewc_champion.model.named_parameters():
+        assert torch.equal(ewc["anchor"][n], p.detach())
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows_away_from_it(ewc_champion: Checkpoint) -> None:
+    assert ewc_champion.ewc is not None
+    model = copy.deepcopy(ewc_champion.model)
+    penalty = EwcPenalty(ewc_champion.ewc, model, strength=100.0)
+    assert float(penalty().detach()) == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    assert float(penalty().detach()) > 0.0
+
+
+def test_ewc_keeps_the_next_cycle_closer_to_the_champion(
+    ewc_champion: Checkpoint, new_cd: tuple[np.ndarray, np.ndarray]
+) -> None:
+    def drift(ck: Checkpoint) -> float:
+        before = dict(ewc_champion.model.named_parameters())
+        return sum(
+            float((p.detach() - before[n].detach()).pow(2).sum())
+            for n, p in ck.model.named_parameters()
+            if not n.startswith("head")
+        )
+
+    plain = fit(ewc_champion, SPEC, *new_cd, PARAMS, "finetune").checkpoint
+    held = fit(ewc_champion, SPEC, *new_cd, params(ewc_lambda=1e4), "ewc").checkpoint
+    assert drift(held) < 0.5 * drift(plain)
+    # online: the new state adds this cycle's Fisher to the decayed old one, over the grown head
+    assert held.ewc is not None and held.ewc["fisher"]["head.weight"].shape[0] == 4
+
+
+def test_ewc_state_round_trips_through_a_checkpoint(ewc_champion: Checkpoint, tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, ewc_champion.model, ewc_champion.spec, ewc_champion.memory, ewc_champion.ewc)
+    back = load_checkpoint(tmp_path)
+    assert back.ewc is not None and ewc_champion.ewc is not None
+    for part in ("fisher", "anchor"):
+        assert same_state(back.ewc[part], ewc_champion.ewc[part])
+
+
+def test_distillation_is_zero_for_the_teachers_own_outputs() -> None:
+    logits = torch.randn(8, 3)
+    assert float(distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    grown = torch.cat([logits, torch.randn(8, 2)], dim=1)  # new classes are ignored
+    assert float(distillation_loss(grown, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(torch.randn(8, 3), logits, 2.0)) > 0
+
+
+def test_lwf_distils_the_champion_outputs_on_the_new_data(new_cd: tuple[np.ndarray, np.ndarray]) -> None:
+    champion = fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "finetune").checkpoint
+    longer = params(num_epochs=8, lwf_alpha=5.0)
+    ft = fit(champion, SPEC, *new_cd, longer, "finetune")
+    lwf = fit(champion, SPEC, *new_cd, longer, "lwf")
+    # the distillation term uses the champion: the losses differ from plain fine-tuning
+    assert [s.loss for s in lwf.history] != [s.loss for s in ft.history]
+
+    # and what it optimises holds: the candidate's old-class outputs stay near the champion's
+    def gap(candidate: Checkpoint) -> float:
+        x = preprocess(torch.from_numpy(new_cd[0]))
+        with torch.no_grad():
+            return float(distillation_loss(candidate.model.eval()(x), champion.model.eval()(x), 2.0))
+
+    assert gap(lwf.checkpoint) < 0.5 * gap(ft.checkpoint)
+
+
+def test_replay_and_lwf_combine(new_cd: tuple[np.ndarray, np.ndarray]) -> None:
+    champion = fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "replay").checkpoint
+    both = fit(champion, SPEC, *new_cd, PARAMS, "replay+lwf")
+    replay = fit(champion, SPEC, *new_cd, PARAMS, "replay")
+    assert both.images_processed == replay.images_processed  # the replayed samples are there
+    assert [s.loss for s in both.history] != [s.loss for s in replay.history]  # and so is the teacher
+
+
+def test_transfer_trains_the_head_first_then_unfreezes_the_last_block(
+    new_cd: tuple[np.ndarray, np.ndarray],
+) -> None:
+    champion = fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "finetune").checkpoint
+    before = state(champion.model)
+    head_only = fit(
+        champion, SPEC, *new_cd, params(num_epochs=2, transfer_head_epochs=2), "transfer"
+    ).checkpoint
+    after = state(head_only.model)
+    feature_keys = [k for k in before if not k.startswith("head")]
+    assert all(torch.equal(before[k], after[k]) for k in feature_keys)  # weights and BN statistics
+    assert not torch.equal(before["head.weight"], after["head.weight"][:2])
+
+    one_more = fit(
+        champion, SPEC, *new_cd, params(num_epochs=3, transfer_head_epochs=2), "transfer"
+    ).checkpoint
+    after = state(one_more.model)
+    first = [k for k in feature_keys if k.startswith("backbone.0.")]
+    last = [k for k in feature_keys if k.startswith("backbone.1.")]
+    assert all(torch.equal(before[k], after[k]) for k in first)
+    assert any(not torch.equal(before[k], after[k]) for k in last)
+
+
+def test_transfer_uses_lower_rates_further_from_the_head() -> None:
+    model = build_model(SPEC.with_classes(("A", "B")))
+    plan = TransferPlan(model, head_epochs=1, decay=0.5)
+    assert plan.lr_scales() == [1.0, 0.5, 0.25]
+    groups = plan.param_groups(model)
+    assert sum(len(g) for g in groups) == len(list(model.parameters()))
+    assert plan.apply(1) == 0 and plan.apply(2) == 1 and plan.apply(9) == 2
+
+
+def test_joint_retrains_from_scratch_on_everything_and_keeps_class_indices() -> None:
+    champion = fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "replay").checkpoint
+    images, labels = make("ABCD", 40, seed=3)  # what prepare hands joint: all training data seen
+    joint = fit(champion, SPEC, images, labels, PARAMS, "joint")
+    assert joint.checkpoint.spec.classes[:2] == champion.spec.classes
+    assert joint.images_processed == len(labels) * PARAMS.num_epochs
+    assert split_metrics(joint.checkpoint, *make("ABCD", 20, seed=300)).accuracy > 0.9
+
+
+def test_resnet18_builds_for_small_grayscale_images_and_grows() -> None:
+    spec = ModelSpec("resnet18", in_channels=1, image_size=28, width=0, dropout=0.0, classes=("a", "b"))
+    model = build_model(spec)
+    assert isinstance(model, ResNet18)
+    out = model.eval()(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 2)
+    grown = grow_head(model, spec, ("c",))
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 3) and grown.classes == ("a", "b", "c")
+    assert len(model.blocks()) == 5
+
+
+def test_a_local_torchvision_resnet18_file_loads_into_the_backbone(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None, num_classes=1000)
+    path = tmp_path / "resnet18.pt"
+    torch.save(reference.state_dict(), path)
+    spec = ModelSpec("resnet18", in_channels=3, image_size=64, width=0, dropout=0.0, classes=("a", "b"))
+    model = build_model(spec)
+    skipped = load_backbone(model, str(path))
+    assert skipped == []  # fc.* is dropped on purpose; everything else fits
+    assert torch.equal(model.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
