@@ -4,7 +4,7 @@ BIN     := $(abspath $(VENV))/bin
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
 
-.PHONY: demo test data repro ui lint
+.PHONY: demo test data repro ui lint bench
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ ui: $(STAMP)  ## MLflow UI on this workspace's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
 
 lint: $(STAMP)
-	$(BIN)/ruff check src flows tests
-	$(BIN)/mypy src flows
+	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/mypy src flows benchmarks
+
+bench: $(STAMP)  ## Fashion-MNIST benchmarks (needs the Debian package dataset-fashion-mnist); add ARGS=--fraction 1 on a GPU
+	$(BIN)/python -m benchmarks.throughput $(THROUGHPUT_ARGS)
+	$(BIN)/python -m benchmarks.continual_quality $(ARGS)

@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="never move @champion: a passing candidate becomes @challenger"
     )
     p.add_argument(
-        "--strategy", help="override params.yaml train.strategy for this cycle (finetune | replay)"
+        "--strategy",
+        help="override params.yaml train.strategy for this cycle: finetune | replay | ewc | lwf | "
+        "transfer | joint, or combined with + (replay+lwf)",
     )
     p.set_defaults(func=cmd_retrain)
 

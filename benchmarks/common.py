@@ -1,0 +1,60 @@
+"""What the benchmarks share: the Fashion-MNIST training params, the device label, result writing.
+
+The params live here, as plain dataclasses, because the benchmarks must run where only torch is
+installed (the GPU machine): no YAML, no MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ratchet.config import TrainParams
+from ratchet.train.model import ModelSpec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+FASHION_SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=28, width=32, dropout=0.1, classes=())
+
+FASHION_TRAIN = TrainParams(
+    strategy="replay",
+    num_epochs=4,
+    batch_size=128,
+    lr=0.003,
+    finetune_lr=0.001,
+    weight_decay=1e-4,
+    seed=0,
+    device="auto",
+    deterministic=False,
+    replay_memory_per_class=200,
+    replay_fraction=0.3,
+    ewc_lambda=5000.0,
+    ewc_gamma=0.9,
+    ewc_fisher_samples=512,
+    lwf_alpha=1.0,
+    lwf_temperature=2.0,
+    transfer_head_epochs=1,
+    transfer_lr_decay=0.3,
+    compile=False,
+)
+
+
+def device_label() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug() -> str:
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)

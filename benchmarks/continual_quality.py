@@ -1,0 +1,168 @@
+"""Continual-learning quality on Fashion-MNIST, every strategy against `joint`, in one run.
+
+    python benchmarks/continual_quality.py [--fraction 0.1] [--strategies replay,joint,...]
+
+Streams: class-incremental (5 steps of 2 new classes) and domain-incremental (5 slices of all
+classes under a growing rotation + contrast shift). Every candidate is accepted (no gate): this
+measures the strategies themselves. Per strategy: final accuracy on all / old / new held-out data,
+average forgetting, images processed and seconds, each also as a ratio to joint's.
+Writes benchmarks/results/continual_quality_<cpu|gpu>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, RESULTS, device_label, device_slug, write_json
+from ratchet.data.fashion import StreamStep, class_incremental, domain_incremental, load_fashion
+from ratchet.evaluate import split_metrics
+from ratchet.train.checkpoint import Checkpoint
+from ratchet.train.loop import fit
+
+STRATEGIES = ("finetune", "replay", "ewc", "lwf", "replay+lwf", "transfer", "joint")
+
+
+def run_stream(steps: list[StreamStep], strategy: str) -> dict[str, Any]:
+    params = dataclasses.replace(FASHION_TRAIN, strategy=strategy)
+    state: Checkpoint | None = None
+    acc = np.full((len(steps), len(steps)), np.nan)  # acc[i, j]: on step j's held-out after step i
+    processed, seconds = 0, 0.0
+    for i, step in enumerate(steps):
+        if strategy == "joint":
+            images = np.concatenate([s.train.images for s in steps[: i + 1]])
+            labels = np.concatenate([s.train.labels for s in steps[: i + 1]])
+        else:
+            images, labels = step.train.images, step.train.labels
+        t0 = time.perf_counter()
+        result = fit(state, FASHION_SPEC, images, labels, params, strategy)
+        seconds += time.perf_counter() - t0
+        processed += result.images_processed
+        state = result.checkpoint
+        for j in range(i + 1):
+            acc[i, j] = split_metrics(state, steps[j].held_out.images, steps[j].held_out.labels).accuracy
+        print(f"  {strategy:<11} step {i + 1}: " + " ".join(f"{a:.3f}" for a in acc[i, : i + 1]), flush=True)
+    assert state is not None
+    last = len(steps) - 1
+
+    def on(js: range) -> float:
+        imgs = np.concatenate([steps[j].held_out.images for j in js])
+        labs = np.concatenate([steps[j].held_out.labels for j in js])
+        return split_metrics(state, imgs, labs).accuracy
+
+    forgetting = [float(np.nanmax(acc[j:last, j]) - acc[last, j]) for j in range(last)]
+    return {
+        "final_all": on(range(len(steps))),
+        "final_old": on(range(last)),
+        "final_new": on(range(last, len(steps))),
+        "avg_forgetting": float(np.mean(forgetting)),
+        "images_processed": processed,
+        "seconds": seconds,
+        "accuracy_matrix": [[None if np.isnan(a) else round(float(a), 4) for a in row] for row in acc],
+    }
+
+
+def with_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    joint = rows.get("joint")
+    if joint is None:
+        return
+    for row in rows.values():
+        row["ratio_to_joint"] = {
+            key: (row[key] / joint[key] if joint[key] else None)
+            for key in ("final_all", "final_old", "final_new", "images_processed", "seconds")
+        }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [
+        f"# Continual quality on Fashion-MNIST ({doc['device']})",
+        "",
+        f"fraction of the data used: {doc['fraction']}; epochs per step: {doc['params']['num_epochs']}; "
+        f"replay memory {doc['params']['replay_memory_per_class']}/class, "
+        f"replay fraction {doc['params']['replay_fraction']}",
+        "",
+    ]
+    for stream, rows in doc["streams"].items():
+        lines += [
+            f"## {stream}",
+            "",
+            "| strategy | all | old | new | forgetting | images | s "
+            "| all / joint | old / joint | images / joint |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in rows.items():
+            ratio = r.get("ratio_to_joint", {})
+            lines.append(
+                f"| {name} | {r['final_all']:.3f} | {r['final_old']:.3f} | {r['final_new']:.3f} | "
+                f"{r['avg_forgetting']:.3f} | {r['images_processed']} | {r['seconds']:.1f} | "
+                f"{ratio.get('final_all', float('nan')):.3f} | {ratio.get('final_old', float('nan')):.3f} | "
+                f"{ratio.get('images_processed', float('nan')):.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(doc["streams"]), figsize=(6 * len(doc["streams"]), 4), squeeze=False)
+    for ax, (stream, rows) in zip(axes[0], doc["streams"].items(), strict=True):
+        names = list(rows)
+        x = np.arange(len(names))
+        for k, (key, label) in enumerate((("final_all", "all"), ("final_old", "old"), ("final_new", "new"))):
+            ax.bar(x + (k - 1) * 0.27, [rows[n][key] for n in names], 0.27, label=label)
+        ax.set_xticks(x, names, rotation=25, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(stream)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("final held-out accuracy")
+    axes[0][0].legend()
+    fig.suptitle(f"ratchet strategies on Fashion-MNIST ({doc['device']}, fraction {doc['fraction']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--fraction", type=float, default=1.0, help="share of Fashion-MNIST to use (CPU: 0.1)"
+    )
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--data-dir", default=None, help="directory of the IDX .gz files")
+    args = parser.parse_args(argv)
+    train, test = load_fashion(
+        *([] if args.data_dir is None else [__import__("pathlib").Path(args.data_dir)])
+    )
+    streams = {
+        "class-incremental": class_incremental(train, test, fraction=args.fraction),
+        "domain-incremental": domain_incremental(train, test, fraction=args.fraction),
+    }
+    doc: dict[str, Any] = {
+        "device": device_label(),
+        "fraction": args.fraction,
+        "params": dataclasses.asdict(FASHION_TRAIN),
+        "streams": {},
+    }
+    for stream, steps in streams.items():
+        print(f"{stream}: " + ", ".join(s.name for s in steps), flush=True)
+        rows = {name: run_stream(steps, name) for name in args.strategies.split(",")}
+        with_ratios(rows)
+        doc["streams"][stream] = rows
+    base = RESULTS / f"continual_quality_{device_slug()}"
+    write_json(base.with_suffix(".json"), doc)
+    base.with_suffix(".md").write_text(markdown(doc))
+    plot(doc, base.with_suffix(".png"))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
