@@ -33,7 +33,8 @@ FASHION_TRAIN = TrainParams(
     deterministic=False,
     replay_memory_per_class=200,
     replay_fraction=0.3,
-    ewc_lambda=5000.0,
+    replay_balance=True,
+    ewc_lambda=100.0,
     ewc_gamma=0.9,
     ewc_fisher_samples=512,
     lwf_alpha=1.0,
@@ -41,6 +42,7 @@ FASHION_TRAIN = TrainParams(
     transfer_head_epochs=1,
     transfer_lr_decay=0.3,
     compile=False,
+    max_resident_mb=4096,
 )
 
 

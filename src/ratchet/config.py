@@ -59,6 +59,7 @@ class TrainParams:
     deterministic: bool  # bitwise-repeatable runs on the same machine (what `dvc repro` checks)
     replay_memory_per_class: int  # replay: stored training samples per class, class-balanced
     replay_fraction: float  # replay: share of each minibatch drawn from the memory
+    replay_balance: bool  # replay: logit-adjusted loss against the new-vs-memory class imbalance
     ewc_lambda: float  # ewc: weight of the quadratic penalty towards the champion's weights
     ewc_gamma: float  # ewc (online): decay of earlier cycles' Fisher information, 0..1
     ewc_fisher_samples: int  # ewc: training samples used to estimate the Fisher information
@@ -67,6 +68,7 @@ class TrainParams:
     transfer_head_epochs: int  # transfer: epochs training the head only before unfreezing
     transfer_lr_decay: float  # transfer: lr factor per block further from the head, 0..1
     compile: bool  # torch.compile the model (worth it on a GPU for long runs)
+    max_resident_mb: int  # training images up to this size live on the GPU; larger ones stream from host
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def _check_ranges(p: Params) -> None:
         (p.train.lwf_temperature > 0, "train.lwf_temperature must be positive"),
         (p.train.transfer_head_epochs >= 0, "train.transfer_head_epochs must not be negative"),
         (0.0 < p.train.transfer_lr_decay <= 1.0, "train.transfer_lr_decay must be in (0, 1]"),
+        (p.train.max_resident_mb >= 0, "train.max_resident_mb must not be negative"),
         (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
         (0.0 <= p.gate.min_accuracy <= 1.0, "gate.min_accuracy must be in [0, 1]"),
     ]

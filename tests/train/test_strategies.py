@@ -12,7 +12,7 @@ import torch
 
 from ratchet.evaluate import split_metrics
 from ratchet.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from ratchet.train.loop import fit
+from ratchet.train.loop import fit, replay_log_prior
 from ratchet.train.model import ModelSpec, ResNet18, build_model, grow_head, load_backbone, preprocess
 from ratchet.train.strategies import EwcPenalty, TransferPlan, distillation_loss
 
@@ -180,3 +180,21 @@ def test_a_local_torchvision_resnet18_file_loads_into_the_backbone(tmp_path: Pat
     skipped = load_backbone(model, str(path))
     assert skipped == []  # fc.* is dropped on purpose; everything else fits
     assert torch.equal(model.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_replay_log_prior_is_the_minibatch_class_mix() -> None:
+    new_y = torch.tensor([2, 2, 2, 2])  # the batch brings only class 2
+    mem_y = torch.tensor([0, 1, 0, 1])  # the memory holds 0 and 1 equally
+    prior = replay_log_prior(new_y, mem_y, new_per_step=6, mem_per_step=2, num_classes=3).exp()
+    assert torch.allclose(prior, torch.tensor([1 / 8, 1 / 8, 6 / 8]), atol=1e-6)
+
+
+def test_balanced_replay_changes_training_and_keeps_old_classes(
+    new_cd: tuple[np.ndarray, np.ndarray],
+) -> None:
+    champion = fit(None, SPEC, *make("AB", 40, seed=1), PARAMS, "replay").checkpoint
+    plain = fit(champion, SPEC, *new_cd, params(replay_balance=False, replay_fraction=0.2), "replay")
+    balanced = fit(champion, SPEC, *new_cd, params(replay_balance=True, replay_fraction=0.2), "replay")
+    assert [s.loss for s in plain.history] != [s.loss for s in balanced.history]
+    old = make("AB", 30, seed=200)
+    assert split_metrics(balanced.checkpoint, *old).accuracy >= split_metrics(plain.checkpoint, *old).accuracy

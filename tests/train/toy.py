@@ -23,6 +23,7 @@ PARAMS = TrainParams(
     deterministic=True,
     replay_memory_per_class=20,
     replay_fraction=0.5,
+    replay_balance=True,
     ewc_lambda=100.0,
     ewc_gamma=0.9,
     ewc_fisher_samples=64,
@@ -31,6 +32,7 @@ PARAMS = TrainParams(
     transfer_head_epochs=1,
     transfer_lr_decay=0.3,
     compile=False,
+    max_resident_mb=4096,
 )
 
 

@@ -53,6 +53,27 @@ class FitResult:
 EpochCallback = Callable[[EpochStats], None]
 
 
+class Samples:
+    """Training images where they are cheapest to read: on the device when they fit in
+    `budget_mb`, otherwise in host memory, copied per minibatch (pinned, non-blocking) so the copy
+    overlaps the previous step. Same indices, same order, same results either way."""
+
+    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int) -> None:
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        self.device = device
+        self.resident = device.type == "cpu" or x.numel() * x.element_size() <= budget_mb * 2**20
+        self.x = x.to(device) if self.resident else x
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: int64 indices on the CPU."""
+        if self.resident:
+            return self.x[idx.to(self.device, non_blocking=True)]
+        return self.x[idx].pin_memory().to(self.device, non_blocking=True)
+
+
 def select_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is cuda but no CUDA device is available")
@@ -67,6 +88,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     # repeatable runs are what `dvc repro` checks; the fast cudnn autotuner is not repeatable
     torch.backends.cudnn.benchmark = not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def replay_log_prior(
+    new_y: torch.Tensor, mem_y: torch.Tensor, new_per_step: int, mem_per_step: int, num_classes: int
+) -> torch.Tensor:
+    """log of each class's expected share of a replay minibatch (new samples + memory draws)."""
+    share = torch.bincount(new_y, minlength=num_classes).float() / len(new_y) * new_per_step
+    share += torch.bincount(mem_y, minlength=num_classes).float() / len(mem_y) * mem_per_step
+    return torch.log(share / share.sum() + 1e-8)
 
 
 def _initial_model(
@@ -142,16 +172,21 @@ def fit(
     )
 
     replay = "replay" in parts and len(memory) > 0 and params.replay_fraction > 0
-    new_x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    new_x = Samples(images, device, params.max_resident_mb)
     new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
     if replay:
-        mem_x = torch.from_numpy(np.ascontiguousarray(memory.images)).to(device)
+        mem_x = Samples(memory.images, device, params.max_resident_mb)
         mem_y = torch.from_numpy(label_indices(memory.labels, spec.classes)).to(device)
         # at least one of each per step, and never more than batch_size in all
         mem_per_step = min(max(1, round(params.batch_size * params.replay_fraction)), params.batch_size - 1)
     else:
         mem_per_step = 0
     new_per_step = max(1, params.batch_size - mem_per_step)
+    log_prior = (
+        replay_log_prior(new_y, mem_y, new_per_step, mem_per_step, spec.num_classes)
+        if replay and params.replay_balance
+        else None
+    )
 
     steps_per_epoch = math.ceil(len(new_y) / new_per_step)
     total_steps = steps_per_epoch * params.num_epochs
@@ -178,23 +213,27 @@ def fit(
         model.train()
         if transfer is not None:
             transfer.apply(epoch)
-        order = torch.randperm(len(new_y), generator=gen).to(device)
+        order = torch.randperm(len(new_y), generator=gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for step in range(steps_per_epoch):
             idx = order[step * new_per_step : (step + 1) * new_per_step]
-            xb, yb = new_x[idx], new_y[idx]
+            xb, yb = new_x.take(idx), new_y[idx.to(device, non_blocking=True)]
             if replay:
-                pick = torch.randint(len(mem_y), (mem_per_step,), generator=gen).to(device)
-                xb = torch.cat([xb, mem_x[pick]])
-                yb = torch.cat([yb, mem_y[pick]])
+                pick = torch.randint(len(mem_y), (mem_per_step,), generator=gen)
+                xb = torch.cat([xb, mem_x.take(pick)])
+                yb = torch.cat([yb, mem_y[pick.to(device, non_blocking=True)]])
             inputs = preprocess(xb)
             if use_cuda:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_cuda):
                 logits = forward(inputs)
-                loss = F.cross_entropy(logits.float(), yb)
+                # logit adjustment: train against the class prior the sampling imposes, so that at
+                # test time (raw logits) new classes are not favoured just for being plentiful
+                loss = F.cross_entropy(
+                    logits.float() + log_prior if log_prior is not None else logits.float(), yb
+                )
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_logits = teacher(inputs)
@@ -227,8 +266,8 @@ def fit(
     ewc_state = start.ewc if start is not None else None
     if "ewc" in parts:
         n = min(len(new_y), params.ewc_fisher_samples)
-        pick = torch.randperm(len(new_y), generator=gen)[:n].to(device)
-        fisher = estimate_fisher(model, new_x[pick], new_y[pick])
+        pick = torch.randperm(len(new_y), generator=gen)[:n]
+        fisher = estimate_fisher(model, new_x.take(pick), new_y[pick.to(device)])
         ewc_state = online_ewc_state(ewc_state, fisher, model, params.ewc_gamma)
     # the memory is continual-learning state kept whatever this cycle's strategy, so a later
     # replay cycle can protect classes first learned under another strategy
