@@ -6,7 +6,7 @@ Streams: class-incremental (5 steps of 2 new classes) and domain-incremental (5 
 classes under a growing rotation + contrast shift). Every candidate is accepted (no gate): this
 measures the strategies themselves. Per strategy: final accuracy on all / old / new held-out data,
 average forgetting, images processed and seconds, each also as a ratio to joint's.
-Writes benchmarks/results/continual_quality_<cpu|gpu>.{json,md,png}.
+Writes benchmarks/results/continual_quality_<cpu|gpu>[_f<fraction>].{json,md,png}.
 """
 
 from __future__ import annotations
@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = {name: run_stream(steps, name) for name in args.strategies.split(",")}
         with_ratios(rows)
         doc["streams"][stream] = rows
-    base = RESULTS / f"continual_quality_{device_slug()}"
+    part = (
+        "" if args.fraction >= 1.0 else f"_f{args.fraction:g}"
+    )  # a quick subsampled run never overwrites a full one
+    base = RESULTS / f"continual_quality_{device_slug()}{part}"
     write_json(base.with_suffix(".json"), doc)
     base.with_suffix(".md").write_text(markdown(doc))
     plot(doc, base.with_suffix(".png"))
