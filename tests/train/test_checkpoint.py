@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,6 @@ from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import ModelSpec, SmallCNN, build_model, grow_head
 
 SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=("b", "a"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def model_with_state(spec: ModelSpec = SPEC) -> SmallCNN:

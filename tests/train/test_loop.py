@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from ratchet.errors import InputError
 from ratchet.evaluate import split_metrics
@@ -16,15 +14,6 @@ from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.loop import EpochStats, FitResult, fit
 
 from .toy import PARAMS, SPEC, make, params, same_state, state
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    """Intra-op threads make these tiny models many times slower on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

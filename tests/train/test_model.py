@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,14 +11,6 @@ import torch
 from ratchet.train.model import ModelSpec, SmallCNN, build_model, grow_head, label_indices, preprocess
 
 SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=("3", "7"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def trained_looking(spec: ModelSpec) -> SmallCNN:

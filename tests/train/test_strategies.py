@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,6 @@ from ratchet.train.model import ModelSpec, ResNet18, build_model, grow_head, loa
 from ratchet.train.strategies import EwcPenalty, TransferPlan, distillation_loss
 
 from .toy import PARAMS, SPEC, make, params, same_state, state
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
