@@ -139,7 +139,7 @@ def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream:
     images = streamed.root / "probe.npy"
     import numpy as np
 
-    np.save(images, batch.images[:200])
+    np.save(images, batch.images[:200, :, :, None])  # uint8 (N, H, W, C), as the signature says
     code = f"""
 import mlflow, numpy as np
 mlflow.set_tracking_uri({streamed.ws.tracking_uri!r})

@@ -7,6 +7,8 @@ tags with its lineage, metrics and decision, and a one-paragraph description a r
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -197,7 +199,6 @@ class Registry:
     def log_candidate(self, rec: CandidateRecord) -> VersionInfo:
         """One run (params, per-epoch metrics, evaluation, report) and one registered version with tags."""
         import mlflow
-        import mlflow.pyfunc
 
         exp_id = self.ensure_store()
         tags = self._version_tags(rec)
@@ -219,18 +220,27 @@ class Registry:
             )
             for path in rec.report_files:
                 mlflow.log_artifact(str(path), artifact_path="report")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                artifacts={"checkpoint": str(rec.checkpoint_dir)},
-                # given, not inferred: inference costs seconds and guesses from the whole venv
-                pip_requirements=[f"{p}=={metadata.version(p)}" for p in ("torch", "numpy", "pandas")]
-                + [f"mlflow=={metadata.version('mlflow')}"],
-            )
+            with warnings.catch_warnings():
+                # the signature says what goes in; an example would cost a model load per cycle
+                warnings.filterwarnings("ignore", message=".*An input example was not provided")
+                info = self._log_model(rec)
             run_id = run.info.run_id
         mv = mlflow.register_model(info.model_uri, self.name, tags=tags)
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
         return VersionInfo(str(mv.version), tags, (), rec.summary, run_id)
+
+    def _log_model(self, rec: CandidateRecord) -> Any:
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={"checkpoint": str(rec.checkpoint_dir)},
+            signature=_signature(rec.checkpoint_dir),
+            # given, not inferred: inference costs seconds and guesses from the whole venv
+            pip_requirements=[f"{p}=={metadata.version(p)}" for p in ("torch", "numpy", "pandas")]
+            + [f"mlflow=={metadata.version('mlflow')}"],
+        )
 
     def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
         tags = {
@@ -310,3 +320,19 @@ class Registry:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _signature(checkpoint_dir: Path) -> Any:
+    """What the UI shows and pyfunc enforces: uint8 images (N, H, W, C) in; label, index, confidence out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    spec = json.loads((checkpoint_dir / "spec.json").read_text())
+    size, channels = int(spec["image_size"]), int(spec["in_channels"])
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, channels))]),
+        outputs=Schema(
+            [ColSpec("string", "label"), ColSpec("long", "class_index"), ColSpec("float", "confidence")]
+        ),
+    )

@@ -16,7 +16,10 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 
 
 class RatchetClassifier(PythonModel):
-    """predict(uint8 images (N,H,W) or (N,H,W,C)) -> DataFrame[label, class_index, confidence]."""
+    """predict(uint8 images (N,H,W,C)) -> DataFrame[label, class_index, confidence].
+
+    Through pyfunc the registered signature enforces (N,H,W,C); called directly, (N,H,W) also works.
+    """
 
     def load_context(self, context: Any) -> None:
         from ratchet.train.checkpoint import load_checkpoint
