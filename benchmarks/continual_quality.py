@@ -159,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     part = (
         "" if args.fraction >= 1.0 else f"_f{args.fraction:g}"
     )  # a quick subsampled run never overwrites a full one
-    base = RESULTS / f"continual_quality_{device_slug()}{part}"
-    write_json(base.with_suffix(".json"), doc)
-    base.with_suffix(".md").write_text(markdown(doc))
-    plot(doc, base.with_suffix(".png"))
+    stem = f"continual_quality_{device_slug()}{part}"  # not with_suffix: "f0.2" has a dot of its own
+    write_json(RESULTS / f"{stem}.json", doc)
+    (RESULTS / f"{stem}.md").write_text(markdown(doc))
+    plot(doc, RESULTS / f"{stem}.png")
     print(markdown(doc))
     return 0
 
