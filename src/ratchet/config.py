@@ -42,6 +42,7 @@ class ModelParams:
     width: int  # small_cnn: channels of the first conv block; later blocks double it
     dropout: float
     pretrained: str | None  # bootstrap weights: a local state_dict file (e.g. torchvision resnet18)
+    norm: Literal["batch", "group"]  # group: no running statistics to drift when domains shift
 
 
 @dataclass(frozen=True)

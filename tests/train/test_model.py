@@ -121,3 +121,20 @@ def test_preprocess_maps_uint8_nhwc_to_float_nchw_in_minus_one_one() -> None:
     assert x[1, 1, 2, 3].item() == pytest.approx(127 / 127.5 - 1)
     # and the caller's array is untouched
     assert np.array_equal(images, original)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_group_norm_models_keep_no_running_statistics(arch: str) -> None:
+    spec = ModelSpec(
+        arch, in_channels=1, image_size=16, width=9, dropout=0.0, classes=("a", "b"), norm="group"
+    )
+    model = build_model(spec)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert not any("running" in k for k in model.state_dict())
+    assert model.eval()(torch.zeros(2, 1, 16, 16)).shape == (2, 2)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_spec_written_before_norm_existed_loads_as_batch_norm() -> None:
+    old = {k: v for k, v in SPEC.to_json().items() if k != "norm"}
+    assert ModelSpec.from_json(old).norm == "batch"

@@ -35,6 +35,7 @@ def run(ws: Workspace) -> FitResult:
         image_size=params.data.image_size,
         width=params.model.width,
         dropout=params.model.dropout,
+        norm=params.model.norm,
         classes=(),
     )
     origin = f"version {cycle.parent_version}" if start else "scratch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ class ModelSpec:
     width: int
     dropout: float
     classes: tuple[str, ...]  # output index i predicts classes[i]; old indices never move
+    norm: str = "batch"  # batch | group (GroupNorm keeps no running statistics that drift with a domain)
 
     @property
     def num_classes(self) -> int:
@@ -44,13 +46,29 @@ class ModelSpec:
         return dataclasses.replace(self, classes=classes)
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
+def _groups(channels: int) -> int:
+    """About four channels per group, at most 32 groups, and always a divisor of `channels`."""
+    groups = min(32, max(1, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    if kind == "batch":
+        return nn.BatchNorm2d
+    if kind == "group":
+        return lambda channels: nn.GroupNorm(_groups(channels), channels)
+    raise ValueError(f"unknown norm {kind!r} (known: batch, group)")
+
+
+def _block(c_in: int, c_out: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -62,9 +80,10 @@ class SmallCNN(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         w = spec.width
+        norm = norm_layer(spec.norm)
         self.backbone = nn.Sequential(
-            _block(spec.in_channels, w),
-            _block(w, 2 * w),
+            _block(spec.in_channels, w, norm),
+            _block(w, 2 * w, norm),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Dropout(spec.dropout),
@@ -90,12 +109,13 @@ class ResNet18(nn.Module):
         super().__init__()
         from torchvision.models import resnet18
 
-        net = resnet18(weights=None)
+        net = resnet18(weights=None, norm_layer=norm_layer(spec.norm))
         small = spec.image_size < 64
         if small or spec.in_channels != 3:
             # 7x7/2 + maxpool would shrink a 28x28 image to 7x7 before the first block
             k, stride, pad = (3, 1, 1) if small else (7, 2, 3)
             net.conv1 = nn.Conv2d(spec.in_channels, 64, k, stride=stride, padding=pad, bias=False)
+            net.bn1 = norm_layer(spec.norm)(64)
         if small:
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
