@@ -113,7 +113,7 @@ def format_outcome(o: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(x: float | None) -> str:
+def fmt_accuracy(x: float | None) -> str:
     return "  -  " if x is None else f"{x:.3f}"
 
 
@@ -140,9 +140,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         m = d["metrics"]
         print(
             f"\nversion {v.version}  {v.status}  parent {d['parent'] or '-'}  strategy {d['strategy']}\n"
-            f"  batches {', '.join(d['batches'])}  data {d['data_version']}\n"
-            f"  old: champion {_fmt(m['champion']['old'])} candidate {_fmt(m['candidate']['old'])}   "
-            f"new: champion {_fmt(m['champion']['new'])} candidate {_fmt(m['candidate']['new'])}"
+            f"  batches {', '.join(d['batches'])}  data {d['data_version']}\n  "
+            + "   ".join(
+                f"{split}: champion {fmt_accuracy(m['champion'][split])} "
+                f"candidate {fmt_accuracy(m['candidate'][split])}"
+                for split in ("old", "new")
+            )
         )
         for reason in d["reasons"]:
             print(f"  - {reason}")

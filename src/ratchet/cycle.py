@@ -180,7 +180,7 @@ def apply(ws: Workspace, cycle: Cycle, version: Any, dry_run: bool, resumed: boo
         metrics=version.metrics,
         promote=promote,
         action=action,
-        reasons=tuple(r for r in version.tag("reasons").split("\n") if r),
+        reasons=version.reasons,
         resumed=resumed,
     )
 

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ratchet.cli import ingest_into, run_retrain
+from ratchet.cli import fmt_accuracy, ingest_into, run_retrain
 from ratchet.data.digits import digits_stream
 from ratchet.workspace import init_workspace
 
 
 def _acc(o: dict[str, Any], model: str, split: str) -> str:
-    value = o["metrics"][model][split]
-    return "  -  " if value is None else f"{value:.3f}"
+    return fmt_accuracy(o["metrics"][model][split])
 
 
 def cycle_table(rows: list[tuple[str, dict[str, Any]]]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import ratchet
 from ratchet.errors import RatchetError
+from ratchet.report import accuracy
 from ratchet.workspace import Workspace
 
 PREFIX = "ratchet."
@@ -55,6 +56,10 @@ class VersionInfo:
         return "unknown"
 
     @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(r for r in self.tag("reasons").split("\n") if r)
+
+    @property
     def metrics(self) -> dict[str, dict[str, float | None]]:
         out: dict[str, dict[str, float | None]] = {}
         for model in ("champion", "candidate"):
@@ -78,7 +83,7 @@ class VersionInfo:
             "params_hash": self.tag("params_hash"),
             "decision": self.tag("decision"),
             "metrics": self.metrics,
-            "reasons": [r for r in self.tag("reasons").split("\n") if r],
+            "reasons": list(self.reasons),
             "run_id": self.run_id,
         }
 
@@ -103,12 +108,6 @@ class CandidateRecord:
     summary: str
     checkpoint_dir: Path
     report_files: Sequence[Path]
-
-
-def _accuracy(metrics: dict[str, Any], model: str, split: str) -> float | None:
-    block = metrics.get(model) or {}
-    part = block.get(split)
-    return None if part is None else float(part["accuracy"])
 
 
 class Registry:
@@ -215,7 +214,7 @@ class Registry:
                     f"{model}_{split}_accuracy": value
                     for model in ("champion", "candidate")
                     for split in ("old", "new", "all")
-                    if (value := _accuracy(rec.metrics, model, split)) is not None
+                    if (value := accuracy(rec.metrics, model, split)) is not None
                 }
             )
             for path in rec.report_files:
@@ -258,7 +257,7 @@ class Registry:
         }
         for model in ("champion", "candidate"):
             for split in ("old", "new", "all"):
-                value = _accuracy(rec.metrics, model, split)
+                value = accuracy(rec.metrics, model, split)
                 if value is not None:
                     tags[f"metrics.{model}.{split}"] = f"{value:.4f}"
         return {PREFIX + k: v for k, v in tags.items()}

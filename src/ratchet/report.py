@@ -9,10 +9,10 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _acc(block: dict[str, Any] | None, split: str) -> float | None:
-    if not block or block.get(split) is None:
-        return None
-    return float(block[split]["accuracy"])
+def accuracy(metrics: dict[str, Any], model: str, split: str) -> float | None:
+    """metrics.json -> accuracy of `model` (champion | candidate) on `split`; None where absent."""
+    part = (metrics.get(model) or {}).get(split)
+    return None if part is None else float(part["accuracy"])
 
 
 def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: dict[str, Any]) -> str:
@@ -36,7 +36,8 @@ def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: di
     ]
     for split in ("old", "new", "all"):
         n = cand[split]["n"] if cand.get(split) else 0
-        lines.append(f"| {split} | {n} | {_fmt(_acc(champ, split))} | {_fmt(_acc(cand, split))} |")
+        champ_acc, cand_acc = accuracy(metrics, "champion", split), accuracy(metrics, "candidate", split)
+        lines.append(f"| {split} | {n} | {_fmt(champ_acc)} | {_fmt(cand_acc)} |")
     lines += ["", "## Gate checks", ""] + [f"- {r}" for r in decision["reasons"]]
     lines += [
         "",

@@ -53,7 +53,7 @@ class FitResult:
 EpochCallback = Callable[[EpochStats], None]
 
 
-class Samples:
+class TrainingImages:
     """Training images where they are cheapest to read: on the device when they fit in
     `budget_mb`, otherwise in host memory, copied per minibatch (pinned, non-blocking) so the copy
     overlaps the previous step. Same indices, same order, same results either way."""
@@ -172,10 +172,10 @@ def fit(
     )
 
     replay = "replay" in parts and len(memory) > 0 and params.replay_fraction > 0
-    new_x = Samples(images, device, params.max_resident_mb)
+    new_x = TrainingImages(images, device, params.max_resident_mb)
     new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
     if replay:
-        mem_x = Samples(memory.images, device, params.max_resident_mb)
+        mem_x = TrainingImages(memory.images, device, params.max_resident_mb)
         mem_y = torch.from_numpy(label_indices(memory.labels, spec.classes)).to(device)
         # at least one of each per step, and never more than batch_size in all
         mem_per_step = min(max(1, round(params.batch_size * params.replay_fraction)), params.batch_size - 1)
