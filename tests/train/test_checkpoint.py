@@ -37,7 +37,8 @@ def model_with_state(spec: ModelSpec = SPEC) -> SmallCNN:
 def memory() -> ReplayMemory:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
-    return ReplayMemory(images=images, labels=np.array(["a", "b", "a", "b", "a", "bb"]))
+    labels = np.array(["a", "b", "a", "b", "a", "bb"])
+    return ReplayMemory(images=images, labels=labels, seen={"a": 300, "b": 20, "bb": 1})
 
 
 def images(n: int = 20) -> torch.Tensor:
@@ -55,6 +56,7 @@ def test_round_trip_gives_identical_predictions_spec_and_memory(tmp_path: Path) 
     assert ck.spec == SPEC
     assert np.array_equal(ck.memory.images, mem.images) and ck.memory.images.dtype == np.uint8
     assert ck.memory.labels.tolist() == mem.labels.tolist()
+    assert ck.memory.seen == {"a": 300, "b": 20, "bb": 1}
     for k, v in model.state_dict().items():
         assert torch.equal(ck.model.state_dict()[k], v), k
     x = images()

@@ -1,4 +1,4 @@
-"""Replay memory: bounded per class, class-balanced over memory and new samples, seeded."""
+"""Replay memory: bounded per class, a uniform sample of everything each class has seen, seeded."""
 
 from __future__ import annotations
 
@@ -74,14 +74,33 @@ def test_classes_absent_from_the_batch_keep_their_samples() -> None:
     assert out.per_class() == {"A": 3, "B": 5, "C": 3}
 
 
-def test_a_class_seen_again_samples_from_old_and_new_together() -> None:
-    # given A:50 in memory (tag 1) and A:50 new (tag 2), cap 20
-    m = memory_of({"A": 50}, tag=1)
-    out = m.updated(*samples({"A": 50}, tag=2), per_class=20, seed=0)
-    tags = out.images[:, 0, 1, 0].tolist()
-    # then both sources are represented (all-from-one-side has probability ~1e-8)
-    assert len(tags) == 20
-    assert 0 < tags.count(1) < 20 and tags.count(1) + tags.count(2) == 20
+def test_a_class_seen_again_keeps_every_earlier_batch_in_proportion() -> None:
+    # given class A arriving four times, 500 samples each (tags 1..4), cap 200
+    m = ReplayMemory.empty(8, 1)
+    for tag in (1, 2, 3, 4):
+        m = m.updated(*samples({"A": 500}, tag=tag), per_class=200, seed=tag)
+    counts = [m.images[:, 0, 1, 0].tolist().count(t) for t in (1, 2, 3, 4)]
+    # then the memory is a uniform sample of all 2000: about 50 of each batch (sd ~6), where
+    # sampling memory and batch alike would leave the first batch ~5 and the last ~160
+    assert len(m) == 200 and m.seen == {"A": 2000}
+    assert all(30 <= c <= 70 for c in counts), counts
+
+
+def test_the_seen_count_decides_the_share_of_new_samples() -> None:
+    # given a memory of 20 A's that stands for 180 seen, and 20 new A's
+    m = ReplayMemory.empty(8, 1).updated(*samples({"A": 180}, tag=1), per_class=20, seed=0)
+    out = m.updated(*samples({"A": 20}, tag=2), per_class=20, seed=0)
+    # then the new ones get 20 * 20/200 = 2 places
+    assert out.images[:, 0, 1, 0].tolist().count(2) == 2
+
+
+def test_a_memory_without_seen_counts_counts_what_it_holds() -> None:
+    # given a memory saved before seen counts existed (A:20 held, nothing recorded)
+    held = ReplayMemory.empty(8, 1).updated(*samples({"A": 20}, tag=1), per_class=20, seed=0)
+    legacy = ReplayMemory(images=held.images, labels=held.labels)
+    out = legacy.updated(*samples({"A": 20}, tag=2), per_class=20, seed=0)
+    # then it behaves as if 20 were seen: half old, half new
+    assert out.images[:, 0, 1, 0].tolist().count(1) == 10 and out.seen == {"A": 40}
 
 
 def test_deterministic_for_a_seed_and_seed_matters() -> None:

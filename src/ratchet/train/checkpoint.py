@@ -56,7 +56,14 @@ def save_checkpoint(
     if ewc is not None:
         _save_tensors(directory / EWC_FILE, {part: _cpu(tensors) for part, tensors in ewc.items()})
     with atomic_path(directory / MEMORY_FILE) as tmp, tmp.open("wb") as f:
-        np.savez(f, images=memory.images, labels=memory.labels)
+        seen = sorted(memory.seen.items())
+        np.savez(
+            f,
+            images=memory.images,
+            labels=memory.labels,
+            seen_classes=np.array([name for name, _ in seen], dtype=str),
+            seen_counts=np.array([count for _, count in seen], dtype=np.int64),
+        )
     write_text(directory / SPEC_FILE, json.dumps(spec.to_json(), indent=1, sort_keys=True) + "\n")
 
 
@@ -69,7 +76,12 @@ def load_checkpoint(directory: Path, device: torch.device | str = "cpu") -> Chec
     memory_path = directory / MEMORY_FILE
     if memory_path.exists():
         with np.load(memory_path, allow_pickle=False) as npz:
-            memory = ReplayMemory(images=npz["images"], labels=npz["labels"])
+            seen = (
+                dict(zip(npz["seen_classes"].tolist(), npz["seen_counts"].tolist(), strict=True))
+                if "seen_classes" in npz.files
+                else {}
+            )
+            memory = ReplayMemory(images=npz["images"], labels=npz["labels"], seen=seen)
     else:
         memory = ReplayMemory.empty(spec.image_size, spec.in_channels)
     ewc_path = directory / EWC_FILE
