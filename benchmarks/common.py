@@ -43,6 +43,7 @@ FASHION_TRAIN = TrainParams(
     transfer_lr_decay=0.3,
     compile=False,
     max_resident_mb=4096,
+    loader_workers=2,
 )
 
 

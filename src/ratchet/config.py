@@ -69,7 +69,8 @@ class TrainParams:
     transfer_head_epochs: int  # transfer: epochs training the head only before unfreezing
     transfer_lr_decay: float  # transfer: lr factor per block further from the head, 0..1
     compile: bool  # torch.compile the model (worth it on a GPU for long runs)
-    max_resident_mb: int  # training images up to this size live on the GPU; larger ones stream from host
+    max_resident_mb: int  # training images up to this size live on the device; larger ones stream from host
+    loader_workers: int  # streaming only: DataLoader processes gathering minibatches ahead of the GPU
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def _check_ranges(p: Params) -> None:
         (p.train.transfer_head_epochs >= 0, "train.transfer_head_epochs must not be negative"),
         (0.0 < p.train.transfer_lr_decay <= 1.0, "train.transfer_lr_decay must be in (0, 1]"),
         (p.train.max_resident_mb >= 0, "train.max_resident_mb must not be negative"),
+        (p.train.loader_workers >= 0, "train.loader_workers must not be negative"),
         (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
         (0.0 <= p.gate.min_accuracy <= 1.0, "gate.min_accuracy must be in [0, 1]"),
     ]

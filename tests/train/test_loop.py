@@ -76,6 +76,20 @@ def test_replay_from_continued_champion_is_deterministic(champion: Checkpoint, n
     assert np.array_equal(a.memory.labels, b.memory.labels)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streaming_from_host_memory_trains_exactly_like_resident_data(
+    champion: Checkpoint, new_cd: tuple, workers: int
+) -> None:
+    # given a replay cycle whose new samples and memory both fit the resident budget
+    resident = fit(champion, SPEC, *new_cd, PARAMS, "replay")
+    # when neither fits (budget 0 MB) and a DataLoader streams both from host memory
+    streamed = fit(champion, SPEC, *new_cd, params(max_resident_mb=0, loader_workers=workers), "replay")
+    # then the same minibatches arrive in the same order: identical weights and history
+    assert same_state(resident.checkpoint.model.state_dict(), streamed.checkpoint.model.state_dict())
+    assert resident.history[-1].loss == streamed.history[-1].loss
+    assert resident.images_processed == streamed.images_processed
+
+
 def test_replay_with_an_empty_memory_trains_exactly_like_finetune() -> None:
     # given no champion (so no memory to replay)
     images, labels = make("AB", 30, seed=4)

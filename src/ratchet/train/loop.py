@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,25 +54,65 @@ class FitResult:
 EpochCallback = Callable[[EpochStats], None]
 
 
-class TrainingImages:
-    """Training images where they are cheapest to read: on the device when they fit in
-    `budget_mb`, otherwise in host memory, copied per minibatch (pinned, non-blocking) so the copy
-    overlaps the previous step. Same indices, same order, same results either way."""
+class _Rows(torch.utils.data.Dataset[torch.Tensor]):
+    """Host-memory images for the DataLoader: one gather per minibatch (`__getitems__`)."""
 
-    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int) -> None:
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]
+
+    def __getitems__(self, idx: list[int]) -> torch.Tensor:
+        return self.x[torch.as_tensor(idx)]
+
+
+def _whole_batch(batch: torch.Tensor) -> torch.Tensor:
+    return batch  # __getitems__ already returns the stacked minibatch
+
+
+class TrainingImages:
+    """Training images where they are cheapest to read.
+
+    Up to `budget_mb` they are resident on the device and a minibatch is one gather there. Larger
+    sets stay in host memory and a DataLoader streams them: `workers` processes gather the
+    minibatches ahead of the training step, pinned, copied without blocking so the copy overlaps
+    compute. Both paths serve the same indices in the same order, so results do not depend on it.
+    """
+
+    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int, workers: int) -> None:
         x = torch.from_numpy(np.ascontiguousarray(images))
         self.device = device
-        self.resident = device.type == "cpu" or x.numel() * x.element_size() <= budget_mb * 2**20
+        self.workers = workers
+        self.resident = x.numel() * x.element_size() <= budget_mb * 2**20
         self.x = x.to(device) if self.resident else x
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: int64 indices on the CPU."""
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+        """Minibatches of `size` rows in `order` (int64 indices on the CPU), on the device."""
         if self.resident:
-            return self.x[idx.to(self.device, non_blocking=True)]
-        return self.x[idx].pin_memory().to(self.device, non_blocking=True)
+            on_device = order.to(self.device)  # one copy per epoch, not one per step
+            for start in range(0, len(order), size):
+                yield self.x[on_device[start : start + size]]
+            return
+        loader = torch.utils.data.DataLoader(
+            _Rows(self.x),
+            batch_sampler=[order[s : s + size].tolist() for s in range(0, len(order), size)],
+            num_workers=self.workers,
+            collate_fn=_whole_batch,
+            pin_memory=self.device.type == "cuda",
+        )
+        for batch in loader:
+            yield batch.to(self.device, non_blocking=True)
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` (int64 on the CPU) on the device, outside the training loop."""
+        return self.x[idx.to(self.x.device)].to(self.device)
 
 
 def select_device(choice: str) -> torch.device:
@@ -172,10 +213,10 @@ def fit(
     )
 
     replay = "replay" in parts and len(memory) > 0 and params.replay_fraction > 0
-    new_x = TrainingImages(images, device, params.max_resident_mb)
+    new_x = TrainingImages(images, device, params.max_resident_mb, params.loader_workers)
     new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
     if replay:
-        mem_x = TrainingImages(memory.images, device, params.max_resident_mb)
+        mem_x = TrainingImages(memory.images, device, params.max_resident_mb, params.loader_workers)
         mem_y = torch.from_numpy(label_indices(memory.labels, spec.classes)).to(device)
         # at least one of each per step, and never more than batch_size in all
         mem_per_step = min(max(1, round(params.batch_size * params.replay_fraction)), params.batch_size - 1)
@@ -214,16 +255,22 @@ def fit(
         if transfer is not None:
             transfer.apply(epoch)
         order = torch.randperm(len(new_y), generator=gen)
+        new_batches = new_x.batches(order, new_per_step)
+        order = order.to(device)  # labels live on the device: index them there
+        if replay:
+            picks = torch.randint(len(mem_y), (steps_per_epoch * mem_per_step,), generator=gen)
+            mem_batches: Iterator[torch.Tensor | None] = mem_x.batches(picks, mem_per_step)
+            picks = picks.to(device)
+        else:
+            mem_batches = itertools.repeat(None)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for step in range(steps_per_epoch):
-            idx = order[step * new_per_step : (step + 1) * new_per_step]
-            xb, yb = new_x.take(idx), new_y[idx.to(device, non_blocking=True)]
-            if replay:
-                pick = torch.randint(len(mem_y), (mem_per_step,), generator=gen)
-                xb = torch.cat([xb, mem_x.take(pick)])
-                yb = torch.cat([yb, mem_y[pick.to(device, non_blocking=True)]])
+        for step, (xb, mem_xb) in enumerate(zip(new_batches, mem_batches)):
+            yb = new_y[order[step * new_per_step : (step + 1) * new_per_step]]
+            if mem_xb is not None:
+                xb = torch.cat([xb, mem_xb])
+                yb = torch.cat([yb, mem_y[picks[step * mem_per_step : (step + 1) * mem_per_step]]])
             inputs = preprocess(xb)
             if use_cuda:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
