@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,8 +70,8 @@ class _Rows(torch.utils.data.Dataset[torch.Tensor]):
         return self.x[torch.as_tensor(idx)]
 
 
-def _whole_batch(batch: torch.Tensor) -> torch.Tensor:
-    return batch  # __getitems__ already returns the stacked minibatch
+def _whole_batch(batch: Any) -> torch.Tensor:
+    return batch  # __getitems__ returned the stacked minibatch
 
 
 class TrainingImages:
@@ -262,11 +262,11 @@ def fit(
             mem_batches: Iterator[torch.Tensor | None] = mem_x.batches(picks, mem_per_step)
             picks = picks.to(device)
         else:
-            mem_batches = itertools.repeat(None)
+            mem_batches = iter([None] * steps_per_epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for step, (xb, mem_xb) in enumerate(zip(new_batches, mem_batches)):
+        for step, (xb, mem_xb) in enumerate(zip(new_batches, mem_batches, strict=True)):
             yb = new_y[order[step * new_per_step : (step + 1) * new_per_step]]
             if mem_xb is not None:
                 xb = torch.cat([xb, mem_xb])
