@@ -119,3 +119,11 @@ def test_updated_does_not_modify_the_memory() -> None:
     m.updated(*samples({"A": 8, "B": 8}, tag=2), per_class=2, seed=0)
     assert np.array_equal(m.images, images_before) and np.array_equal(m.labels, labels_before)
     assert len(m) == 8
+
+
+def test_an_empty_batch_leaves_the_memory_as_it_was() -> None:
+    m = memory_of({"A": 3, "B": 2}, tag=1)
+    out = m.updated(*samples({}, tag=2), per_class=5, seed=0)
+    assert np.array_equal(out.images, m.images) and out.labels.tolist() == m.labels.tolist()
+    assert out.seen == {"A": 3, "B": 2}
+    assert len(ReplayMemory.empty(8, 1).updated(*samples({}, tag=2), per_class=5, seed=0)) == 0

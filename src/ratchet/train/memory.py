@@ -47,8 +47,8 @@ class ReplayMemory:
         new_labels = labels.astype(str)
         seen_before = self.seen_per_class()
         rng = np.random.default_rng(seed)
-        keep_old: list[np.ndarray] = []
-        keep_new: list[np.ndarray] = []
+        keep_old: list[np.ndarray] = [np.zeros((0,), dtype=np.int64)]
+        keep_new: list[np.ndarray] = [np.zeros((0,), dtype=np.int64)]
         seen: dict[str, int] = {}
         for name in np.unique(np.concatenate([old_labels, new_labels])):
             old = np.flatnonzero(old_labels == name)
@@ -64,8 +64,7 @@ class ReplayMemory:
             take_new = per_class - take_old  # rounding's remainder goes to the new samples
             keep_old.append(np.sort(rng.choice(old, size=take_old, replace=False)))
             keep_new.append(np.sort(rng.choice(new, size=take_new, replace=False)))
-        old_idx = np.concatenate(keep_old).astype(np.int64)
-        new_idx = np.concatenate(keep_new).astype(np.int64)
+        old_idx, new_idx = np.concatenate(keep_old), np.concatenate(keep_new)
         all_images = np.concatenate([self.images[old_idx], images[new_idx]])
         all_labels = np.concatenate([old_labels[old_idx], new_labels[new_idx]])
         order = np.argsort(all_labels, kind="stable")  # grouped by class: one stored order for a seed
