@@ -77,6 +77,28 @@ def with_ratios(rows: dict[str, dict[str, Any]]) -> None:
         }
 
 
+def target_rows(doc: dict[str, Any]) -> list[str]:
+    """Table rows for the quality targets of the default strategy (replay) against joint."""
+    rows = []
+    for stream, results in doc["streams"].items():
+        replay, joint = results.get("replay"), results.get("joint")
+        if replay is None or joint is None:
+            continue
+        if stream == "class-incremental":
+            ratio = replay["final_all"] / joint["final_all"]
+            rows.append(_row(stream, "final accuracy / joint's", f"{ratio:.3f}x", ">= 0.95x", ratio >= 0.95))
+        else:
+            gap = 100 * (replay["final_old"] - joint["final_old"])
+            rows.append(_row(stream, "old domains - joint's", f"{gap:+.1f} pt", ">= -1.0 pt", gap >= -1))
+        images = replay["images_processed"] / joint["images_processed"]
+        rows.append(_row(stream, "images processed / joint's", f"{images:.3f}x", "<= 0.5x", images <= 0.5))
+    return rows
+
+
+def _row(stream: str, check: str, value: str, target: str, met: bool) -> str:
+    return f"| {stream} | {check} | {value} | {target} | {'yes' if met else 'no'} |"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Continual quality on Fashion-MNIST ({doc['device']})",
@@ -103,6 +125,16 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{ratio.get('images_processed', float('nan')):.2f} |"
             )
         lines.append("")
+    targets = target_rows(doc)
+    if targets:
+        lines += [
+            "## Targets: the default strategy (replay) against joint",
+            "",
+            "| stream | check | replay | target | met |",
+            "|---|---|---:|---|---|",
+            *targets,
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -112,17 +144,31 @@ def plot(doc: dict[str, Any], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(doc["streams"]), figsize=(6 * len(doc["streams"]), 4), squeeze=False)
-    for ax, (stream, rows) in zip(axes[0], doc["streams"].items(), strict=True):
+    n = len(doc["streams"])
+    fig, axes = plt.subplots(2, n, figsize=(6 * n, 8), squeeze=False)
+    for col, (stream, rows) in enumerate(doc["streams"].items()):
+        ax = axes[0][col]
         names = list(rows)
         x = np.arange(len(names))
         for k, (key, label) in enumerate((("final_all", "all"), ("final_old", "old"), ("final_new", "new"))):
             ax.bar(x + (k - 1) * 0.27, [rows[n][key] for n in names], 0.27, label=label)
         ax.set_xticks(x, names, rotation=25, fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_title(stream)
+        ax.set_title(f"{stream}: after the last step")
         ax.grid(axis="y", alpha=0.3)
+        # below: how each strategy holds up over the stream (mean accuracy on the steps seen so far)
+        ax = axes[1][col]
+        for name, r in rows.items():
+            matrix = np.array([[np.nan if a is None else a for a in row] for row in r["accuracy_matrix"]])
+            ax.plot(np.arange(1, len(matrix) + 1), np.nanmean(matrix, axis=1), marker="o", label=name)
+        ax.set_xticks(np.arange(1, len(next(iter(rows.values()))["accuracy_matrix"]) + 1))
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{stream}: mean accuracy on the steps seen so far")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("final held-out accuracy")
+    axes[1][0].set_ylabel("held-out accuracy")
     axes[0][0].legend()
     fig.suptitle(f"ratchet strategies on Fashion-MNIST ({doc['device']}, fraction {doc['fraction']})")
     fig.tight_layout()
