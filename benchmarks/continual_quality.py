@@ -1,24 +1,29 @@
 """Continual-learning quality on Fashion-MNIST, every strategy against `joint`, in one run.
 
-    python benchmarks/continual_quality.py [--fraction 0.1] [--strategies replay,joint,...]
+    python -m benchmarks.continual_quality [--fraction 0.2] [--strategies replay,joint,...]
+    python -m benchmarks.continual_quality --strategies replay --memory-per-class 500 \
+        --rows-from benchmarks/results/continual_quality_cpu.json   # a memory-size variant
 
 Streams: class-incremental (5 steps of 2 new classes) and domain-incremental (5 slices of all
 classes under a growing rotation + contrast shift). Every candidate is accepted (no gate): this
 measures the strategies themselves. Per strategy: final accuracy on all / old / new held-out data,
 average forgetting, images processed and seconds, each also as a ratio to joint's.
-Writes benchmarks/results/continual_quality_<cpu|gpu>[_f<fraction>].{json,md,png}.
+Writes benchmarks/results/continual_quality_<cpu|gpu>[_f<fraction>][_m<memory>].{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, RESULTS, device_label, device_slug, write_json
+from ratchet.config import TrainParams
 from ratchet.data.fashion import StreamStep, class_incremental, domain_incremental, load_fashion
 from ratchet.evaluate import split_metrics
 from ratchet.train.checkpoint import Checkpoint
@@ -27,8 +32,8 @@ from ratchet.train.loop import fit
 STRATEGIES = ("finetune", "replay", "ewc", "lwf", "replay+lwf", "transfer", "joint")
 
 
-def run_stream(steps: list[StreamStep], strategy: str) -> dict[str, Any]:
-    params = dataclasses.replace(FASHION_TRAIN, strategy=strategy)
+def run_stream(steps: list[StreamStep], strategy: str, train: TrainParams) -> dict[str, Any]:
+    params = dataclasses.replace(train, strategy=strategy)
     state: Checkpoint | None = None
     acc = np.full((len(steps), len(steps)), np.nan)  # acc[i, j]: on step j's held-out after step i
     processed, seconds = 0, 0.0
@@ -176,17 +181,38 @@ def plot(doc: dict[str, Any], path: Any) -> None:
     plt.close(fig)
 
 
+def reusable_rows(path: Path, doc: dict[str, Any], skip: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Rows of an earlier run that this run's params would reproduce exactly: strategies that never
+    read the replay memory, from a run on the same device and data whose params differ at most in
+    the memory size. Lets a memory-size variant be compared with joint without rerunning joint."""
+    earlier = json.loads(path.read_text())
+    mine = {k: v for k, v in doc["params"].items() if k != "replay_memory_per_class"}
+    theirs = {k: v for k, v in earlier["params"].items() if k != "replay_memory_per_class"}
+    if (earlier["device"], earlier["fraction"], theirs) != (doc["device"], doc["fraction"], mine):
+        raise SystemExit(f"{path}: another device, fraction or params; its rows would not be reproduced")
+    return {
+        stream: {n: r for n, r in rows.items() if "replay" not in n and n not in skip}
+        for stream, rows in earlier["streams"].items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--fraction", type=float, default=1.0, help="share of Fashion-MNIST to use (CPU: 0.1)"
     )
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--data-dir", default=None, help="directory of the IDX .gz files")
-    args = parser.parse_args(argv)
-    train, test = load_fashion(
-        *([] if args.data_dir is None else [__import__("pathlib").Path(args.data_dir)])
+    parser.add_argument("--memory-per-class", type=int, default=FASHION_TRAIN.replay_memory_per_class)
+    parser.add_argument(
+        "--rows-from",
+        type=Path,
+        default=None,
+        help="an earlier result: reuse its rows that do not use replay",
     )
+    parser.add_argument("--data-dir", type=Path, default=None, help="directory of the IDX .gz files")
+    args = parser.parse_args(argv)
+    train, test = load_fashion(*([] if args.data_dir is None else [args.data_dir]))
+    params = dataclasses.replace(FASHION_TRAIN, replay_memory_per_class=args.memory_per_class)
     streams = {
         "class-incremental": class_incremental(train, test, fraction=args.fraction),
         "domain-incremental": domain_incremental(train, test, fraction=args.fraction),
@@ -194,17 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "device": device_label(),
         "fraction": args.fraction,
-        "params": dataclasses.asdict(FASHION_TRAIN),
+        "params": dataclasses.asdict(params),
         "streams": {},
     }
+    names = args.strategies.split(",")
+    reused = reusable_rows(args.rows_from, doc, set(names)) if args.rows_from else {}
     for stream, steps in streams.items():
         print(f"{stream}: " + ", ".join(s.name for s in steps), flush=True)
-        rows = {name: run_stream(steps, name) for name in args.strategies.split(",")}
+        rows = {name: run_stream(steps, name, params) for name in names}
+        rows.update(reused.get(stream, {}))
         with_ratios(rows)
         doc["streams"][stream] = rows
-    part = (
-        "" if args.fraction >= 1.0 else f"_f{args.fraction:g}"
-    )  # a quick subsampled run never overwrites a full one
+    # a subsampled run or a memory-size variant never overwrites the full default run
+    part = "" if args.fraction >= 1.0 else f"_f{args.fraction:g}"
+    if args.memory_per_class != FASHION_TRAIN.replay_memory_per_class:
+        part += f"_m{args.memory_per_class}"
     stem = f"continual_quality_{device_slug()}{part}"  # not with_suffix: "f0.2" has a dot of its own
     write_json(RESULTS / f"{stem}.json", doc)
     (RESULTS / f"{stem}.md").write_text(markdown(doc))
