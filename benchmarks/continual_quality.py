@@ -113,6 +113,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"replay fraction {doc['params']['replay_fraction']}",
         "",
     ]
+    if "rows_from" in doc:
+        reused = ", ".join(doc["rows_from"]["strategies"])
+        lines += [f"rows of {reused} reused from {doc['rows_from']['file']} (they never read the memory)", ""]
     for stream, rows in doc["streams"].items():
         lines += [
             f"## {stream}",
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     names = args.strategies.split(",")
     reused = reusable_rows(args.rows_from, doc, set(names)) if args.rows_from else {}
+    if args.rows_from:
+        doc["rows_from"] = {
+            "file": args.rows_from.name,
+            "strategies": sorted({n for r in reused.values() for n in r}),
+        }
     for stream, steps in streams.items():
         print(f"{stream}: " + ", ".join(s.name for s in steps), flush=True)
         rows = {name: run_stream(steps, name, params) for name in names}
