@@ -70,7 +70,7 @@ class TrainParams:
     transfer_lr_decay: float  # transfer: lr factor per block further from the head, 0..1
     compile: bool  # torch.compile the model (worth it on a GPU for long runs)
     max_resident_mb: int  # training images up to this size live on the device; larger ones stream from host
-    loader_workers: int  # streaming only: DataLoader processes gathering minibatches ahead of the GPU
+    loader_workers: int  # streaming only: threads gathering minibatches ahead of the training step
 
 
 @dataclass(frozen=True)

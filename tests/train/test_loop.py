@@ -82,7 +82,7 @@ def test_streaming_from_host_memory_trains_exactly_like_resident_data(
 ) -> None:
     # given a replay cycle whose new samples and memory both fit the resident budget
     resident = fit(champion, SPEC, *new_cd, PARAMS, "replay")
-    # when neither fits (budget 0 MB) and a DataLoader streams both from host memory
+    # when neither fits (budget 0 MB) and both stream from host memory, gathered by worker threads
     streamed = fit(champion, SPEC, *new_cd, params(max_resident_mb=0, loader_workers=workers), "replay")
     # then the same minibatches arrive in the same order: identical weights and history
     assert same_state(resident.checkpoint.model.state_dict(), streamed.checkpoint.model.state_dict())

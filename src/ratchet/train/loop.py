@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -54,33 +55,15 @@ class FitResult:
 EpochCallback = Callable[[EpochStats], None]
 
 
-class _Rows(torch.utils.data.Dataset[torch.Tensor]):
-    """Host-memory images for the DataLoader: one gather per minibatch (`__getitems__`)."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.x[i]
-
-    def __getitems__(self, idx: list[int]) -> torch.Tensor:
-        return self.x[torch.as_tensor(idx)]
-
-
-def _whole_batch(batch: Any) -> torch.Tensor:
-    return batch  # __getitems__ returned the stacked minibatch
-
-
 class TrainingImages:
     """Training images where they are cheapest to read.
 
     Up to `budget_mb` they are resident on the device and a minibatch is one gather there. Larger
-    sets stay in host memory and a DataLoader streams them: `workers` processes gather the
-    minibatches ahead of the training step, pinned, copied without blocking so the copy overlaps
-    compute. Both paths serve the same indices in the same order, so results do not depend on it.
+    sets stay in host memory and are streamed: `workers` threads gather the next minibatches ahead
+    of the training step (torch's indexing releases the GIL) into pinned memory, and each is copied
+    without blocking, so the copy overlaps compute. Threads, not DataLoader worker processes:
+    forked workers of a process that runs Prefect and MLflow died on exit. Both paths serve the
+    same indices in the same order, so results do not depend on the path.
     """
 
     def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int, workers: int) -> None:
@@ -100,15 +83,25 @@ class TrainingImages:
             for start in range(0, len(order), size):
                 yield self.x[on_device[start : start + size]]
             return
-        loader = torch.utils.data.DataLoader(
-            _Rows(self.x),
-            batch_sampler=[order[s : s + size].tolist() for s in range(0, len(order), size)],
-            num_workers=self.workers,
-            collate_fn=_whole_batch,
-            pin_memory=self.device.type == "cuda",
-        )
-        for batch in loader:
-            yield batch.to(self.device, non_blocking=True)
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+        pin = self.device.type == "cuda"
+
+        def gather(rows: torch.Tensor) -> torch.Tensor:
+            batch = self.x[rows]
+            return batch.pin_memory() if pin else batch
+
+        if self.workers == 0:
+            for rows in chunks:
+                yield gather(rows).to(self.device, non_blocking=True)
+            return
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            ahead: deque[Future[torch.Tensor]] = deque()
+            for rows in chunks:
+                ahead.append(pool.submit(gather, rows))
+                if len(ahead) > 2 * self.workers:  # a bounded window: host memory stays small
+                    yield ahead.popleft().result().to(self.device, non_blocking=True)
+            while ahead:
+                yield ahead.popleft().result().to(self.device, non_blocking=True)
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows `idx` (int64 on the CPU) on the device, outside the training loop."""
