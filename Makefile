@@ -33,6 +33,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks
 	$(BIN)/mypy src flows benchmarks
 
-bench: $(STAMP)  ## Fashion-MNIST benchmarks (needs the Debian package dataset-fashion-mnist); add ARGS=--fraction 1 on a GPU
+bench: $(STAMP)  ## Fashion-MNIST benchmarks, full data (needs the Debian package dataset-fashion-mnist); ARGS=--fraction 0.2 for a quicker CPU run
 	$(BIN)/python -m benchmarks.throughput $(THROUGHPUT_ARGS)
 	$(BIN)/python -m benchmarks.continual_quality $(ARGS)
