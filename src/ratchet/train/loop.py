@@ -53,37 +53,46 @@ class FitResult:
 
 
 EpochCallback = Callable[[EpochStats], None]
+Batch = tuple[torch.Tensor, torch.Tensor]  # (uint8 images, class indices), on the device
 
 
-class TrainingImages:
-    """Training images where they are cheapest to read.
+class TrainingSet:
+    """Training samples where they are cheapest to read. Labels (class indices) always live on the
+    device; images too up to `budget_mb`, and then a minibatch is one gather there.
 
-    Up to `budget_mb` they are resident on the device and a minibatch is one gather there. Larger
-    sets stay in host memory and are streamed: `workers` threads gather the next minibatches ahead
-    of the training step (torch's indexing releases the GIL) into pinned memory, and each is copied
-    without blocking, so the copy overlaps compute. Threads, not DataLoader worker processes:
-    forked workers of a process that runs Prefect and MLflow died on exit. Both paths serve the
-    same indices in the same order, so results do not depend on the path.
+    Larger image sets stay in host memory and are streamed: `workers` threads gather the next
+    minibatches ahead of the training step (torch's indexing releases the GIL) into pinned memory,
+    and each is copied without blocking, so the copy overlaps compute. Threads, not DataLoader
+    worker processes: forked workers of a process that runs Prefect and MLflow died on exit. Both
+    paths serve the same indices in the same order, so results do not depend on the path.
     """
 
-    def __init__(self, images: np.ndarray, device: torch.device, budget_mb: int, workers: int) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, device: torch.device, budget_mb: int, workers: int
+    ) -> None:
         x = torch.from_numpy(np.ascontiguousarray(images))
         self.device = device
         self.workers = workers
         self.resident = x.numel() * x.element_size() <= budget_mb * 2**20
         self.x = x.to(device) if self.resident else x
+        self.y = torch.from_numpy(labels).to(device)
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.y.shape[0])
 
-    def batches(self, order: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-        """Minibatches of `size` rows in `order` (int64 indices on the CPU), on the device."""
+    def batches(self, order: torch.Tensor, size: int) -> Iterator[Batch]:
+        """(images, labels) minibatches of `size` rows in `order` (int64 on the CPU), on the device."""
+        on_device = order.to(self.device)  # one copy per epoch, not one per step
+        starts = range(0, len(order), size)
+        labels = (self.y[on_device[start : start + size]] for start in starts)
         if self.resident:
-            on_device = order.to(self.device)  # one copy per epoch, not one per step
-            for start in range(0, len(order), size):
-                yield self.x[on_device[start : start + size]]
-            return
-        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+            yield from zip((self.x[on_device[start : start + size]] for start in starts), labels, strict=True)
+        else:
+            yield from zip(
+                self._streamed([order[start : start + size] for start in starts]), labels, strict=True
+            )
+
+    def _streamed(self, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         pin = self.device.type == "cuda"
 
         def gather(rows: torch.Tensor) -> torch.Tensor:
@@ -103,9 +112,9 @@ class TrainingImages:
             while ahead:
                 yield ahead.popleft().result().to(self.device, non_blocking=True)
 
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows `idx` (int64 on the CPU) on the device, outside the training loop."""
-        return self.x[idx.to(self.x.device)].to(self.device)
+    def take(self, idx: torch.Tensor) -> Batch:
+        """Samples `idx` (int64 on the CPU) on the device, outside the training loop."""
+        return self.x[idx.to(self.x.device)].to(self.device), self.y[idx.to(self.device)]
 
 
 def select_device(choice: str) -> torch.device:
@@ -206,23 +215,29 @@ def fit(
     )
 
     replay = "replay" in parts and len(memory) > 0 and params.replay_fraction > 0
-    new_x = TrainingImages(images, device, params.max_resident_mb, params.loader_workers)
-    new_y = torch.from_numpy(label_indices(labels, spec.classes)).to(device)
+    new = TrainingSet(
+        images, label_indices(labels, spec.classes), device, params.max_resident_mb, params.loader_workers
+    )
     if replay:
-        mem_x = TrainingImages(memory.images, device, params.max_resident_mb, params.loader_workers)
-        mem_y = torch.from_numpy(label_indices(memory.labels, spec.classes)).to(device)
+        mem = TrainingSet(
+            memory.images,
+            label_indices(memory.labels, spec.classes),
+            device,
+            params.max_resident_mb,
+            params.loader_workers,
+        )
         # at least one of each per step, and never more than batch_size in all
         mem_per_step = min(max(1, round(params.batch_size * params.replay_fraction)), params.batch_size - 1)
     else:
         mem_per_step = 0
     new_per_step = max(1, params.batch_size - mem_per_step)
     log_prior = (
-        replay_log_prior(new_y, mem_y, new_per_step, mem_per_step, spec.num_classes)
+        replay_log_prior(new.y, mem.y, new_per_step, mem_per_step, spec.num_classes)
         if replay and params.replay_balance
         else None
     )
 
-    steps_per_epoch = math.ceil(len(new_y) / new_per_step)
+    steps_per_epoch = math.ceil(len(new) / new_per_step)
     total_steps = steps_per_epoch * params.num_epochs
     lr = params.finetune_lr if continuing else params.lr
     if transfer is not None:
@@ -247,23 +262,18 @@ def fit(
         model.train()
         if transfer is not None:
             transfer.apply(epoch)
-        order = torch.randperm(len(new_y), generator=gen)
-        new_batches = new_x.batches(order, new_per_step)
-        order = order.to(device)  # labels live on the device: index them there
+        new_batches = new.batches(torch.randperm(len(new), generator=gen), new_per_step)
         if replay:
-            picks = torch.randint(len(mem_y), (steps_per_epoch * mem_per_step,), generator=gen)
-            mem_batches: Iterator[torch.Tensor | None] = mem_x.batches(picks, mem_per_step)
-            picks = picks.to(device)
+            picks = torch.randint(len(mem), (steps_per_epoch * mem_per_step,), generator=gen)
+            mem_batches: Iterator[Batch | None] = mem.batches(picks, mem_per_step)
         else:
             mem_batches = iter([None] * steps_per_epoch)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for step, (xb, mem_xb) in enumerate(zip(new_batches, mem_batches, strict=True)):
-            yb = new_y[order[step * new_per_step : (step + 1) * new_per_step]]
-            if mem_xb is not None:
-                xb = torch.cat([xb, mem_xb])
-                yb = torch.cat([yb, mem_y[picks[step * mem_per_step : (step + 1) * mem_per_step]]])
+        for (xb, yb), replayed in zip(new_batches, mem_batches, strict=True):
+            if replayed is not None:
+                xb, yb = torch.cat([xb, replayed[0]]), torch.cat([yb, replayed[1]])
             inputs = preprocess(xb)
             if use_cuda:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -305,9 +315,8 @@ def fit(
     model.eval()
     ewc_state = start.ewc if start is not None else None
     if "ewc" in parts:
-        n = min(len(new_y), params.ewc_fisher_samples)
-        pick = torch.randperm(len(new_y), generator=gen)[:n]
-        fisher = estimate_fisher(model, new_x.take(pick), new_y[pick.to(device)])
+        n = min(len(new), params.ewc_fisher_samples)
+        fisher = estimate_fisher(model, *new.take(torch.randperm(len(new), generator=gen)[:n]))
         ewc_state = online_ewc_state(ewc_state, fisher, model, params.ewc_gamma)
     # the memory is continual-learning state kept whatever this cycle's strategy, so a later
     # replay cycle can protect classes first learned under another strategy
