@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ratchet.evaluate import ModelMetrics, evaluate_model, predict, split_metrics
+from ratchet.evaluate import ModelMetrics, argmax_among, held_out, model_metrics, predict, split_metrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import ModelSpec
@@ -28,7 +28,7 @@ class PixelOracle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         pixel = (x[:, 0, 0, 0] + 1.0) * 127.5  # undo preprocess
-        index = torch.round(pixel / 10).long()
+        index = torch.round(pixel / 10).long().clamp(max=self.num_classes - 1)  # unknown: the last class
         return nn.functional.one_hot(index, self.num_classes).float() + self.anchor
 
 
@@ -74,27 +74,20 @@ def test_a_class_unknown_to_the_model_counts_as_a_miss() -> None:
     assert m.per_class == {"a": 1.0, "z": 0.0}
 
 
-def test_old_none_gives_no_old_metrics_and_all_equals_new() -> None:
-    new = (images_predicting([0, 1, 1]), np.array(["a", "b", "c"]))
-    metrics = evaluate_model(checkpoint(), None, new)
+def test_no_old_samples_give_no_old_metrics_and_all_equals_new() -> None:
+    none = np.array([], dtype=str)
+    metrics = model_metrics((none, none), (np.array(["a", "b", "c"]), np.array(["a", "b", "b"])))
     assert isinstance(metrics, ModelMetrics)
     assert metrics.old is None
     assert metrics.all == metrics.new
     assert metrics.new.correct == 2 and metrics.new.n == 3
 
 
-def test_empty_old_data_is_treated_like_none() -> None:
-    old = (np.zeros((0, 8, 8, 1), dtype=np.uint8), np.array([], dtype=str))
-    new = (images_predicting([0]), np.array(["a"]))
-    metrics = evaluate_model(checkpoint(), old, new)
-    assert metrics.old is None and metrics.all == metrics.new
-
-
 def test_old_new_and_all_are_computed_separately() -> None:
     # given old held-out data the model gets 1/2 right and new data it gets 3/3 right
-    old = (images_predicting([0, 0]), np.array(["a", "b"]))
-    new = (images_predicting([2, 2, 1]), np.array(["c", "c", "b"]))
-    m = evaluate_model(checkpoint(), old, new)
+    m = model_metrics(
+        (np.array(["a", "b"]), np.array(["a", "a"])), (np.array(["c", "c", "b"]), np.array(["c", "c", "b"]))
+    )
     assert m.old is not None
     assert (m.old.correct, m.old.n, m.old.accuracy) == (1, 2, 0.5)
     assert (m.new.correct, m.new.n, m.new.accuracy) == (3, 3, 1.0)
@@ -103,8 +96,33 @@ def test_old_new_and_all_are_computed_separately() -> None:
 
 
 def test_to_json_is_plain_data() -> None:
-    old = (images_predicting([0]), np.array(["a"]))
-    new = (images_predicting([1]), np.array(["c"]))
-    d = evaluate_model(checkpoint(), old, new).to_json()
+    d = model_metrics((np.array(["a"]), np.array(["a"])), (np.array(["c"]), np.array(["b"]))).to_json()
     assert d["old"] == {"accuracy": 1.0, "n": 1, "correct": 1, "per_class": {"a": 1.0}}
     assert d["new"]["per_class"] == {"c": 0.0}  # type: ignore[index]
+
+
+def test_argmax_among_restricts_the_prediction_to_the_allowed_classes() -> None:
+    scores = np.array([[0.1, 0.9, 0.5], [0.8, 0.1, 0.7]], dtype=np.float32)
+    assert argmax_among(scores, CLASSES, CLASSES).tolist() == ["b", "a"]
+    assert argmax_among(scores, CLASSES, ("a", "c")).tolist() == ["c", "a"]
+    assert argmax_among(scores, CLASSES, ()).tolist() == ["", ""]
+
+
+def test_held_out_pairs_champion_and_candidate_sample_by_sample() -> None:
+    # given a champion that knows a, b and a candidate that grew c
+    champion = Checkpoint(
+        model=PixelOracle(2),
+        spec=SPEC.with_classes(("a", "b")),
+        memory=ReplayMemory.empty(8, 1),  # type: ignore[arg-type]
+    )
+    images = images_predicting([0, 1, 2, 2])
+    h = held_out(checkpoint(), champion, images, np.array(["a", "b", "c", "a"]))
+    # then the candidate's own prediction, its best among a/b and among the new class c are all there
+    assert h.candidate.tolist() == ["a", "b", "c", "c"]
+    assert h.candidate_among_new.tolist() == ["c", "c", "c", "c"]
+    assert h.candidate_known.tolist()[:2] == ["a", "b"]  # the two c-predictions fall back to a or b
+    assert h.champion.tolist() == ["a", "b", "b", "b"]
+    # and without a champion the champion column is empty and every class is new
+    first = held_out(checkpoint(), None, images, np.array(["a", "b", "c", "a"]))
+    assert first.champion.tolist() == [""] * 4 and first.candidate_known.tolist() == [""] * 4
+    assert first.candidate_among_new.tolist() == first.candidate.tolist()

@@ -75,9 +75,16 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class GateParams:
-    max_old_drop_pt: float  # forgetting: allowed drop of old held-out accuracy, percentage points
-    min_new_gain_pt: float  # allowed minimum gain on new held-out accuracy, percentage points
+    alpha: float  # significance of the paired tests: a drop must be real, not noise on a small set
+    max_old_drop_pt: float  # forgetting: allowed drop on old held-out data, known classes, points
+    max_class_drop_pt: float  # forgetting: allowed drop of any one old class, points
+    hard_drop_pt: float  # a drop on old or new data beyond this rejects, significant or not
+    max_interference_pt: float  # % of old samples the candidate may give to this cycle's new classes
+    max_new_drop_pt: float  # allowed drop on new held-out data of classes the champion knows, points
+    min_new_class_lift: float  # new classes told apart: (accuracy - chance) / (1 - chance), 0..1
+    max_label_gap_pt: float  # suspect labels: both models this far below what old data predicts
     min_accuracy: float  # absolute floor on the candidate's accuracy over all held-out data, 0..1
+    min_class_accuracy: float  # absolute floor on every class, 0..1
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,16 @@ def _check_ranges(p: Params) -> None:
         (0.0 < p.train.transfer_lr_decay <= 1.0, "train.transfer_lr_decay must be in (0, 1]"),
         (p.train.max_resident_mb >= 0, "train.max_resident_mb must not be negative"),
         (p.train.loader_workers >= 0, "train.loader_workers must not be negative"),
+        (0.0 < p.gate.alpha < 1.0, "gate.alpha must be between 0 and 1"),
         (p.gate.max_old_drop_pt >= 0, "gate.max_old_drop_pt must not be negative"),
+        (p.gate.max_class_drop_pt >= 0, "gate.max_class_drop_pt must not be negative"),
+        (p.gate.hard_drop_pt >= 0, "gate.hard_drop_pt must not be negative"),
+        (0.0 <= p.gate.max_interference_pt <= 100.0, "gate.max_interference_pt must be in [0, 100]"),
+        (p.gate.max_new_drop_pt >= 0, "gate.max_new_drop_pt must not be negative"),
+        (0.0 <= p.gate.min_new_class_lift <= 1.0, "gate.min_new_class_lift must be in [0, 1]"),
+        (p.gate.max_label_gap_pt >= 0, "gate.max_label_gap_pt must not be negative"),
         (0.0 <= p.gate.min_accuracy <= 1.0, "gate.min_accuracy must be in [0, 1]"),
+        (0.0 <= p.gate.min_class_accuracy <= 1.0, "gate.min_class_accuracy must be in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

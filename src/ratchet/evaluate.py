@@ -1,4 +1,8 @@
-"""Held-out metrics for champion and candidate. Pure PyTorch/numpy: no I/O, no tracking."""
+"""Held-out predictions and metrics for champion and candidate. Pure PyTorch/numpy: no I/O, no tracking.
+
+Each model predicts each held-out set once; the gate's per-sample view (`HeldOut`) and the
+accuracies in metrics.json are both derived from those predictions.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ratchet.gate import HeldOut
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.model import label_indices, preprocess
 
@@ -30,39 +35,76 @@ class ModelMetrics:
 
 
 @torch.no_grad()
-def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Predicted class indices into checkpoint.spec.classes for uint8 (N,H,W,C) images."""
+def logits(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """float32 (N, C) scores over checkpoint.spec.classes for uint8 (N,H,W,C) images."""
     model = checkpoint.model.eval()
     device = next(model.parameters()).device
-    out = []
+    out = [np.zeros((0, checkpoint.spec.num_classes), dtype=np.float32)]
     for start in range(0, len(images), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
-        out.append(model(preprocess(xb)).argmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,), dtype=np.int64)
+        out.append(model(preprocess(xb)).float().cpu().numpy())
+    return np.concatenate(out)
 
 
-def split_metrics(checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray) -> SplitMetrics:
-    """Accuracy against class names; a class the model doesn't know always counts as a miss."""
-    names = labels.astype(str)
-    truth = label_indices(names, checkpoint.spec.classes)
-    hits = predict(checkpoint, images) == truth
+def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Predicted class indices into checkpoint.spec.classes for uint8 (N,H,W,C) images."""
+    return logits(checkpoint, images, batch_size).argmax(1)
+
+
+def argmax_among(scores: np.ndarray, classes: tuple[str, ...], allowed: tuple[str, ...]) -> np.ndarray:
+    """The best-scoring class name of `allowed` for each row ("" everywhere when none is allowed)."""
+    columns = [i for i, name in enumerate(classes) if name in allowed]
+    if not columns:
+        return np.full(len(scores), "", dtype=np.str_)
+    names = np.asarray(classes, dtype=np.str_)[columns]
+    return names[scores[:, columns].argmax(1)] if len(scores) else np.zeros((0,), dtype=np.str_)
+
+
+def held_out(
+    candidate: Checkpoint, champion: Checkpoint | None, images: np.ndarray, labels: np.ndarray
+) -> HeldOut:
+    """Both models on one held-out set, sample by sample, as the gate reads it."""
+    cand_classes = candidate.spec.classes
+    known = champion.spec.classes if champion is not None else ()
+    new_classes = tuple(c for c in cand_classes if c not in known)
+    cand = logits(candidate, images)
+    champ = (
+        argmax_among(logits(champion, images), known, known)
+        if champion is not None
+        else np.full(len(labels), "", dtype=np.str_)
+    )
+    return HeldOut(
+        labels=labels.astype(np.str_),
+        champion=champ,
+        candidate=argmax_among(cand, cand_classes, cand_classes),
+        candidate_known=argmax_among(cand, cand_classes, known),
+        candidate_among_new=argmax_among(cand, cand_classes, new_classes),
+    )
+
+
+def accuracy_of(labels: np.ndarray, predicted: np.ndarray) -> SplitMetrics:
+    """Accuracy against class names, overall and per true class."""
+    names = labels.astype(np.str_)
+    hits = predicted == names
     per_class = {str(name): float(hits[names == name].mean()) for name in np.unique(names)}
-    n = int(len(labels))
-    correct = int(hits.sum())
+    n, correct = int(len(names)), int(hits.sum())
     return SplitMetrics(accuracy=correct / n if n else 0.0, n=n, correct=correct, per_class=per_class)
 
 
-def evaluate_model(
-    checkpoint: Checkpoint,
-    old: tuple[np.ndarray, np.ndarray] | None,
-    new: tuple[np.ndarray, np.ndarray],
-) -> ModelMetrics:
-    """Old/new/all held-out accuracy of one model; `old` is None or empty before any history."""
-    old_m = split_metrics(checkpoint, *old) if old is not None and len(old[1]) else None
-    new_m = split_metrics(checkpoint, *new)
-    if old_m is None:
-        all_m = new_m
-    else:
-        assert old is not None
-        all_m = split_metrics(checkpoint, np.concatenate([old[0], new[0]]), np.concatenate([old[1], new[1]]))
-    return ModelMetrics(old=old_m, new=new_m, all=all_m)
+def split_metrics(checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray) -> SplitMetrics:
+    """One model's accuracy on one set; a class the model doesn't know always counts as a miss."""
+    truth = label_indices(labels.astype(str), checkpoint.spec.classes)
+    hits = predict(checkpoint, images) == truth
+    names = labels.astype(np.str_)
+    return accuracy_of(names, np.where(hits, names, ""))
+
+
+Labelled = tuple[np.ndarray, np.ndarray]  # (true class names, predicted class names)
+
+
+def model_metrics(old: Labelled, new: Labelled) -> ModelMetrics:
+    """Old/new/all accuracy of one model from its predictions; no old samples gives `old=None`."""
+    every = (np.concatenate([old[0], new[0]]), np.concatenate([old[1], new[1]]))
+    return ModelMetrics(
+        old=accuracy_of(*old) if len(old[0]) else None, new=accuracy_of(*new), all=accuracy_of(*every)
+    )

@@ -38,7 +38,11 @@ def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: di
         n = cand[split]["n"] if cand.get(split) else 0
         champ_acc, cand_acc = accuracy(metrics, "champion", split), accuracy(metrics, "candidate", split)
         lines.append(f"| {split} | {n} | {_fmt(champ_acc)} | {_fmt(cand_acc)} |")
-    lines += ["", "## Gate checks", ""] + [f"- {r}" for r in decision["reasons"]]
+    lines += ["", "## Gate checks", "", "| check | result | numbers |", "|---|---|---|"]
+    for reason in decision["reasons"]:
+        result, _, rest = reason.partition(": ")
+        name, _, text = rest.partition(": ")
+        lines.append(f"| {name} | {'pass' if result == 'ok' else '**FAIL**'} | {text.replace('|', '/')} |")
     lines += [
         "",
         "## Per-class accuracy on all held-out data",

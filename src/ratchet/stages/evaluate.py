@@ -9,7 +9,7 @@ from typing import Any
 
 from ratchet.atomic import write_text
 from ratchet.cycle import CANDIDATE, EVAL, PREPARED, Cycle, stage_dir
-from ratchet.evaluate import ModelMetrics, evaluate_model
+from ratchet.evaluate import ModelMetrics, held_out, model_metrics
 from ratchet.gate import Decision, GateInput, decide
 from ratchet.report import decision_report
 from ratchet.stages._common import fresh_dir, load_arrays, stage_main
@@ -24,35 +24,35 @@ class Evaluation:
     decision: Decision
 
 
-def gate_input(candidate: ModelMetrics, champion: ModelMetrics | None) -> GateInput:
-    def acc(m: ModelMetrics | None, split: str) -> float | None:
-        part = getattr(m, split) if m is not None else None
-        return None if part is None else float(part.accuracy)
-
-    return GateInput(
-        candidate_old=acc(candidate, "old"),
-        candidate_new=candidate.new.accuracy,
-        candidate_all=candidate.all.accuracy,
-        champion_old=acc(champion, "old"),
-        champion_new=acc(champion, "new"),
-        has_champion=champion is not None,
-    )
-
-
 def run(ws: Workspace) -> Evaluation:
     params = ws.params()
     prepared = stage_dir(ws, PREPARED)
     cycle = Cycle.load(prepared / "cycle.json")
-    old = load_arrays(prepared / "old.npz")
-    new = load_arrays(prepared / "new.npz")
-    candidate = evaluate_model(load_checkpoint(stage_dir(ws, CANDIDATE) / "checkpoint"), old, new)
+    candidate = load_checkpoint(stage_dir(ws, CANDIDATE) / "checkpoint")
     parent = prepared / "parent"
-    champion = evaluate_model(load_checkpoint(parent), old, new) if parent.is_dir() else None
-    decision = decide(gate_input(candidate, champion), params.gate)
+    champion = load_checkpoint(parent) if parent.is_dir() else None
+    # each model predicts each held-out set once; metrics and gate both read these predictions
+    old = held_out(candidate, champion, *load_arrays(prepared / "old.npz"))
+    new = held_out(candidate, champion, *load_arrays(prepared / "new.npz"))
+    known = champion.spec.classes if champion is not None else ()
+    gate_input = GateInput(
+        known_classes=known,
+        new_classes=tuple(c for c in candidate.spec.classes if c not in known),
+        old=old,
+        new=new,
+    )
+    decision = decide(gate_input, params.gate)
+    cand_metrics = model_metrics((old.labels, old.candidate), (new.labels, new.candidate))
+    champ_metrics = (
+        model_metrics((old.labels, old.champion), (new.labels, new.champion))
+        if champion is not None
+        else None
+    )
 
     metrics: dict[str, Any] = {
-        "candidate": candidate.to_json(),
-        "champion": champion.to_json() if champion else None,
+        "candidate": cand_metrics.to_json(),
+        "champion": champ_metrics.to_json() if champ_metrics else None,
+        "gate": decision.numbers(),
     }
     decision_json = {
         "promote": decision.promote,
@@ -64,7 +64,7 @@ def run(ws: Workspace) -> Evaluation:
         write_text(tmp / "decision.json", json.dumps(decision_json, indent=1) + "\n")
         write_text(tmp / "report.md", decision_report(cycle.to_json(), metrics, decision_json))
     print(decision.summary(), flush=True)
-    return Evaluation(candidate=candidate, champion=champion, decision=decision)
+    return Evaluation(candidate=cand_metrics, champion=champ_metrics, decision=decision)
 
 
 def main(argv: list[str] | None = None) -> int:
