@@ -14,7 +14,7 @@ from ratchet.data import versioning
 from ratchet.workspace import init_workspace
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
-COMMANDS = ["init", "ingest", "retrain", "status", "rollback", "demo", "reference-data"]
+COMMANDS = ["init", "ingest", "retrain", "status", "requeue", "drop", "rollback", "demo", "reference-data"]
 
 
 @pytest.fixture(scope="module")

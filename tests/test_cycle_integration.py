@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ratchet.cli import ingest_into, main, run_retrain
-from ratchet.cycle import open_registry
+from ratchet.cycle import ledger, open_registry
 from ratchet.data import catalog, versioning
 from ratchet.data.digits import StreamBatch
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+RunRatchet = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 class Stream:
@@ -48,11 +52,29 @@ def streamed(
 
 def test_the_gate_promotes_good_batches_and_rejects_scrambled_labels(streamed: Stream) -> None:
     actions = {name: o["action"] for name, o in streamed.outcomes.items()}
-    assert actions["digits-0-4"] == "promoted"
-    assert actions["digits-5-9"] == "promoted"
-    assert actions["digits-scrambled"] == "rejected"
-    scrambled = streamed.outcomes["digits-scrambled"]
-    assert any(r.startswith("FAIL: old accuracy") and "drop" in r for r in scrambled["reasons"])
+    assert actions == {
+        "digits-0-4": "promoted",
+        "digits-5-9": "promoted",
+        "digits-more": "promoted",
+        "digits-scrambled": "rejected",
+        "digits-rest": "promoted",
+    }
+    failed = {
+        r.split(": ")[1] for r in streamed.outcomes["digits-scrambled"]["reasons"] if r.startswith("FAIL")
+    }
+    # caught on purpose: the labels disagree with both models, and the candidate forgot
+    assert {"labels", "forgetting"} <= failed
+    labels = next(r for r in streamed.outcomes["digits-scrambled"]["reasons"] if r.startswith("FAIL: labels"))
+    assert "suspect batch" in labels and "p<0.001" in labels
+
+
+def test_new_classes_cost_interference_not_forgetting(streamed: Stream) -> None:
+    reasons = streamed.outcomes["digits-5-9"]["reasons"]
+    forgetting = next(r for r in reasons if r.startswith("ok: forgetting"))
+    interference = next(r for r in reasons if r.startswith("ok: interference"))
+    assert "old samples taken for the new classes 5, 6, 7, 8, 9 (costing" in interference
+    assert "old data, known classes" in forgetting
+    assert any(r.startswith("ok: new classes: 5, 6, 7, 8, 9 told apart") for r in reasons)
 
 
 def test_new_classes_grow_the_head_and_the_champion_knows_all_digits(streamed: Stream) -> None:
@@ -102,10 +124,19 @@ def test_each_cycle_leaves_a_run_with_epochs_evaluation_and_report(streamed: Str
     assert "report/report.md" in report
 
 
-def test_rejected_batches_are_not_retried_and_nothing_new_means_no_cycle(streamed: Stream) -> None:
+def test_a_rejected_batch_is_held_with_its_reasons_not_consumed(streamed: Stream) -> None:
+    states = {s.batch_id: s for s in ledger(streamed.ws, streamed.registry)}
+    scrambled = streamed.outcomes["digits-scrambled"]
+    held = states[scrambled["batches"][0]]
+    assert held.state == "held"
+    assert held.version == scrambled["version"]
+    assert (
+        held.reason.startswith(f"version {scrambled['version']} rejected: ")
+        and "labels: suspect batch" in held.reason
+    )
+    assert sorted(s.state for s in states.values()) == ["held", "learned", "learned", "learned", "learned"]
+    # held batches wait for a person: retrain has nothing to do and says why
     assert run_retrain(streamed.root) is None
-    consumed = streamed.registry.consumed_batches()
-    assert consumed == {b.batch_id for b in catalog.list_batches(streamed.ws.data_dir)}
 
 
 def test_reingesting_a_batch_adds_nothing(streamed: Stream, stream_files: dict[str, Path]) -> None:
@@ -132,13 +163,67 @@ def test_status_json_lists_champion_and_versions(
         assert {"version", "status", "parent", "batches", "metrics", "reasons"} <= set(v)
         assert v["metrics"]["candidate"]["new"] is not None
         assert v["reasons"]
+    states = {b["source"]: b["state"] for b in doc["batches"]}
+    assert states["digits-scrambled.npz"] == "held" and states["digits-rest.npz"] == "learned"
+
+
+def test_a_held_batch_is_dropped_on_record_and_learned_ones_cannot_be(
+    streamed: Stream, run_ratchet: RunRatchet
+) -> None:
+    root = str(streamed.root)
+    done = run_ratchet(
+        "drop", "digits-scrambled", "--reason", "labels shuffled upstream", "--by", "alice", "-w", root
+    )
+    assert done.returncode == 0, done.stderr
+    assert "dropped by alice" in done.stdout
+    doc = json.loads(run_ratchet("status", "--json", "-w", root).stdout)
+    dropped = next(b for b in doc["batches"] if b["source"] == "digits-scrambled.npz")
+    assert dropped["state"] == "dropped"
+    assert dropped["reason"].startswith("dropped by alice at ") and dropped["reason"].endswith(
+        "labels shuffled upstream"
+    )
+    # a batch the champion learned is neither requeued nor dropped: one line, exit 2, nothing recorded
+    for args in (("requeue", "digits-0-4"), ("drop", "digits-0-4", "--reason", "x")):
+        refused = run_ratchet(*args, "-w", root)
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines() == [
+            f"ratchet: error: batch {streamed.outcomes['digits-0-4']['batches'][0]} is learned: only "
+            + (
+                "held or dropped batches can be requeued"
+                if args[0] == "requeue"
+                else "held or pending batches can be dropped"
+            )
+        ]
+    assert run_retrain(streamed.root) is None
+    text = run_ratchet("status", "-w", root).stdout
+    assert "batches: 4 learned, 0 pending, 0 held, 1 dropped" in text
+
+
+def test_a_relabelled_copy_of_a_dropped_batch_is_new_data(
+    streamed: Stream, stream: list[StreamBatch], tmp_path: Path
+) -> None:
+    from sklearn.datasets import load_digits
+
+    # given the dropped scrambled batch, relabelled with the true digits
+    digits = load_digits()
+    pixels = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    truth = {image.tobytes(): label for image, label in zip(pixels, digits.target, strict=True)}
+    scrambled = next(b for b in stream if b.name == "digits-scrambled")
+    fixed = StreamBatch(
+        "digits-relabelled", "", scrambled.images, np.array([truth[i.tobytes()] for i in scrambled.images])
+    )
+    # when it is ingested, its samples do not count as already ingested (their batch was dropped)
+    report = ingest_into(streamed.root, fixed.save_npz(tmp_path))
+    assert report.batch_id is not None and report.num_train + report.num_held_out == len(scrambled.labels)
+    # and the next cycle learns it
+    outcome = run_retrain(streamed.root)
+    assert outcome is not None and outcome["action"] == "promoted", outcome["reasons"]
+    assert list(outcome["batches"]) == [report.batch_id]
 
 
 def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream: list[StreamBatch]) -> None:
     batch = stream[-1]
     images = streamed.root / "probe.npy"
-    import numpy as np
-
     np.save(images, batch.images[:200, :, :, None])  # uint8 (N, H, W, C), as the signature says
     code = f"""
 import mlflow, numpy as np
@@ -173,4 +258,11 @@ def test_rollback_restores_the_parent_and_is_visible_in_status(streamed: Stream)
     assert restored.version == champion.tag("parent_version")
     demoted = next(v for v in streamed.registry.versions() if v.version == champion.version)
     assert demoted.status == "rolled back"
+    # what the demoted version learned is held, not silently lost
+    states = {s.batch_id: s for s in ledger(streamed.ws, streamed.registry)}
+    for batch in champion.tag_list("batches"):
+        assert (states[batch].state, states[batch].reason) == (
+            "held",
+            f"version {champion.version} was promoted, then rolled back",
+        )
     assert main(["rollback", "-w", str(streamed.root), "--to", "999"]) == 1

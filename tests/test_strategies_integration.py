@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ratchet.cli import ingest_into, run_retrain
-from ratchet.cycle import open_registry
+from ratchet.cycle import ledger, open_registry
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 STATE_FILES = ("spec.json", "weights.pt", "memory.npz", "ewc.pt")
+RunRatchet = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -24,7 +26,7 @@ def digests(directory: Path) -> dict[str, str]:
 
 
 def test_gate_rejects_a_forgetting_finetune_and_state_survives_the_registry(
-    tmp_path: Path, stream_files: dict[str, Path]
+    tmp_path: Path, stream_files: dict[str, Path], run_ratchet: RunRatchet
 ) -> None:
     root = tmp_path / "ws"
     init_workspace(root, model_name="strategies-it")
@@ -40,7 +42,7 @@ def test_gate_rejects_a_forgetting_finetune_and_state_survives_the_registry(
     code = f"""
 import hashlib, sys, tempfile
 from pathlib import Path
-from ratchet.cycle import open_registry
+from ratchet.cycle import ledger, open_registry
 from ratchet.workspace import open_workspace
 from ratchet.train.checkpoint import load_checkpoint
 ws = open_workspace(Path({str(root)!r}))
@@ -63,9 +65,28 @@ with tempfile.TemporaryDirectory() as d:
 
     # then the next cycle started from the champion's stored state, not from nothing
     assert digests(ws.artifacts / "prepared" / "parent") == trained
-    # and the gate rejects the candidate that forgot digits 0-4, saying so with numbers
+    # and the gate rejects the candidate that forgot digits 0-4 as forgetting, with the numbers
     assert second["action"] == "rejected"
     assert second["metrics"]["candidate"]["old"] < 0.5
-    assert any(r.startswith("FAIL: old accuracy") for r in second["reasons"])
+    assert any(r.startswith("FAIL: forgetting: old data, known classes:") for r in second["reasons"])
     champion = open_registry(ws).champion()
     assert champion is not None and champion.version == first["version"]
+
+    # and the batch is held, not consumed: a person requeues it with another strategy
+    batch = second["batches"][0]
+    states = {s.batch_id: s for s in ledger(ws, open_registry(ws))}
+    assert states[batch].state == "held" and "forgetting" in states[batch].reason
+    done = run_ratchet(
+        "requeue", batch[:4], "--strategy", "replay", "--reason", "finetune forgets", "-w", str(root)
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"batch {batch} requeued" in done.stdout and "with strategy replay" in done.stdout
+    third = run_retrain(root)
+
+    # then the retry is a new cycle (not a resume of the rejected one) that learns digits 5-9
+    assert third is not None and not third["resumed"]
+    assert (list(third["batches"]), third["strategy"], third["action"]) == ([batch], "replay", "promoted")
+    assert third["version"] != second["version"]
+    states = {s.batch_id: s for s in ledger(ws, open_registry(ws))}
+    assert [s.state for s in states.values()] == ["learned", "learned"]
+    assert run_retrain(root) is None

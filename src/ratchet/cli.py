@@ -1,4 +1,4 @@
-"""The `ratchet` command: init, ingest, retrain, status, rollback, demo, reference-data.
+"""The `ratchet` command: init, ingest, retrain, status, requeue, drop, rollback, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
 means a bug, and RATCHET_DEBUG=1 shows it.
@@ -13,9 +13,13 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ratchet.errors import InputError, RatchetError
+
+if TYPE_CHECKING:  # lazy at run time: `ratchet --help` must not import numpy or mlflow
+    from ratchet.data.catalog import BatchInfo
+    from ratchet.ledger import BatchState
 
 
 def _configure_runtime() -> None:
@@ -60,8 +64,16 @@ def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
             end = "\n" if done == total else ""
             print(f"\r  ingesting {source.name}: {done}/{total} files", end=end, flush=True)
 
+    def dropped() -> set[str]:
+        # a relabelled copy of a dropped batch is new data: its samples do not count as ingested
+        from ratchet.cycle import open_registry
+
+        registry = open_registry(ws, params)
+        registry.ensure_store()
+        return {b for b, mark in registry.batch_marks().items() if mark.action == "drop"}
+
     with ws.lock():
-        report = ingest_batch(source, ws.data_dir, params.data, progress)
+        report = ingest_batch(source, ws.data_dir, params.data, progress, dropped)
         if report.batch_id is None or not version:
             return report
         try:
@@ -98,11 +110,25 @@ def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = N
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from ratchet.cycle import ledger, open_registry
+    from ratchet.workspace import open_workspace
+
     outcome = run_retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
+    if outcome is not None:
+        print(format_outcome(outcome))
+    ws = open_workspace(args.workspace)
+    states = ledger(ws, open_registry(ws))
+    held = [s.batch_id for s in states if s.state == "held"]
+    pending = [s.batch_id for s in states if s.state == "pending"]
     if outcome is None:
         print("nothing new to train on")
-        return 0
-    print(format_outcome(outcome))
+    if held:
+        print(
+            f"{len(held)} batch(es) held: {', '.join(held)} (`ratchet status` says why; "
+            "`ratchet requeue BATCH` tries one again, `ratchet drop BATCH --reason TEXT` retires it)"
+        )
+    if pending and outcome is not None:
+        print(f"{len(pending)} batch(es) still pending (they asked for another strategy): retrain again")
     return 0
 
 
@@ -113,12 +139,86 @@ def format_outcome(o: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def find_batch(states: list[BatchState], batches: list[BatchInfo], name: str) -> BatchState:
+    """A batch by id, unique id prefix or the name it was ingested from."""
+    by_id = {s.batch_id: s for s in states}
+    matches = sorted(
+        {b.batch_id for b in batches if b.batch_id == name}
+        or {b.batch_id for b in batches if name in (b.source_name, Path(b.source_name).stem)}
+        or {b.batch_id for b in batches if b.batch_id.startswith(name)}
+    )
+    if not matches:
+        known = ", ".join(b.batch_id for b in batches) or "none"
+        raise InputError(f"no batch {name!r} in this workspace (known: {known})")
+    if len(matches) > 1:
+        raise InputError(f"{name!r} names several batches ({', '.join(matches)}): give the batch id")
+    return by_id[matches[0]]
+
+
+def _mark_batch(args: argparse.Namespace, action: str) -> tuple[BatchState, str]:
+    """Record a requeue or drop for one batch, under the workspace lock; returns its state and who."""
+    import getpass
+    from datetime import UTC, datetime
+
+    from ratchet.config import check_strategy
+    from ratchet.cycle import ledger, open_registry
+    from ratchet.data import catalog
+    from ratchet.ledger import BatchMark
+    from ratchet.workspace import open_workspace
+
+    ws = open_workspace(args.workspace)
+    strategy = getattr(args, "strategy", None)
+    if strategy is not None:
+        check_strategy(strategy)
+    try:
+        by = args.by or getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry: a bare container
+        raise InputError("cannot tell who you are: pass --by NAME") from None
+    with ws.lock():
+        registry = open_registry(ws)
+        registry.ensure_store()
+        state = find_batch(ledger(ws, registry), catalog.list_batches(ws.data_dir), args.batch)
+        allowed = ("held", "dropped") if action == "requeue" else ("held", "pending")
+        if state.state not in allowed:
+            raise InputError(
+                f"batch {state.batch_id} is {state.state}: only {' or '.join(allowed)} batches can be "
+                + ("requeued" if action == "requeue" else "dropped")
+            )
+        mark = BatchMark(
+            action="requeue" if action == "requeue" else "drop",
+            reason=args.reason,
+            by=by,
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            after_version=state.version,
+            strategy=strategy,
+        )
+        registry.mark_batch(state.batch_id, mark)
+    return state, by
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    state, by = _mark_batch(args, "requeue")
+    how = f" with strategy {args.strategy}" if args.strategy else ""
+    print(f"batch {state.batch_id} requeued by {by}: the next `ratchet retrain` trains on it again{how}")
+    return 0
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    state, by = _mark_batch(args, "drop")
+    print(f"batch {state.batch_id} dropped by {by}: it will not be trained on ({args.reason})")
+    return 0
+
+
 def fmt_accuracy(x: float | None) -> str:
     return "  -  " if x is None else f"{x:.3f}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ratchet.cycle import open_registry
+    import dataclasses
+    from collections import Counter
+
+    from ratchet.cycle import ledger, open_registry
+    from ratchet.data import catalog
     from ratchet.workspace import open_workspace
 
     ws = open_workspace(args.workspace)
@@ -126,15 +226,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     registry.ensure_store()
     versions = registry.versions()
     champion = next((v for v in versions if v.status == "champion"), None)
+    sources = {b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)}
+    states = ledger(ws, registry)
     if args.json:
         doc = {
             "model_name": registry.name,
             "champion": {"version": champion.version if champion else None},
             "versions": [v.to_json() for v in versions],
+            "batches": [{**dataclasses.asdict(s), "source": sources.get(s.batch_id, "")} for s in states],
         }
         print(json.dumps(doc, indent=1))
         return 0
     print(f"model {registry.name}: champion {'version ' + champion.version if champion else 'none yet'}")
+    counts = Counter(s.state for s in states)
+    print("batches: " + ", ".join(f"{counts[k]} {k}" for k in ("learned", "pending", "held", "dropped")))
+    for s in states:
+        if s.state != "learned":
+            retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if s.retry_of else ""
+            print(f"  {s.batch_id}  {sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
     for v in versions:
         d = v.to_json()
         m = d["metrics"]
@@ -232,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     workspace_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("requeue", help="try a held (or dropped) batch again in the next cycle")
+    p.add_argument("batch", help="batch id, unique id prefix, or the name it was ingested from")
+    workspace_arg(p)
+    p.add_argument("--strategy", help="strategy for its next cycle (default: params.yaml train.strategy)")
+    p.add_argument("--reason", default="requeued", help="why, for the record")
+    p.add_argument("--by", help="who decides (default: the OS user)")
+    p.set_defaults(func=cmd_requeue)
+
+    p = sub.add_parser("drop", help="retire a held or pending batch on record: it is never trained on")
+    p.add_argument("batch", help="batch id, unique id prefix, or the name it was ingested from")
+    workspace_arg(p)
+    p.add_argument("--reason", required=True, help="why, for the record")
+    p.add_argument("--by", help="who decides (default: the OS user)")
+    p.set_defaults(func=cmd_drop)
 
     p = sub.add_parser("rollback", help="point @champion back at an earlier promoted version")
     workspace_arg(p)

@@ -14,13 +14,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ratchet.atomic import write_text
 from ratchet.config import Params, check_strategy
 from ratchet.data import catalog, versioning
 from ratchet.errors import InputError
+from ratchet.ledger import BatchState, batch_states
 from ratchet.workspace import Workspace
+
+if TYPE_CHECKING:  # the registry imports mlflow: loaded only when a command needs it
+    from ratchet.registry import Registry
 
 PREPARED = "prepared"
 CANDIDATE = "candidate"
@@ -58,9 +62,18 @@ class Cycle:
 
 
 def make_cycle(
-    new_batches: list[str], old_batches: list[str], parent: str | None, strategy: str, params: Params
+    new_batches: list[str],
+    old_batches: list[str],
+    parent: str | None,
+    strategy: str,
+    params: Params,
+    retries: dict[str, str] | None = None,
 ) -> Cycle:
-    key = json.dumps([new_batches, old_batches, parent, strategy, params.digest()])
+    # a requeued batch retries with the same inputs as the rejected cycle: the version it answers
+    # is part of the key, so the retry is a new cycle and not a resume of the rejected one
+    key = json.dumps(
+        [new_batches, old_batches, parent, strategy, params.digest()] + ([retries] if retries else [])
+    )
     return Cycle(
         cycle_id=hashlib.sha256(key.encode()).hexdigest()[:12],
         new_batches=tuple(new_batches),
@@ -70,28 +83,51 @@ def make_cycle(
     )
 
 
-def open_registry(ws: Workspace, params: Params | None = None) -> Any:
+def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
     from ratchet.registry import Registry
 
     p = params or ws.params()
     return Registry(ws, p.registry.model_name, p.registry.experiment)
 
 
+def ledger(ws: Workspace, registry: Registry) -> list[BatchState]:
+    """Every ingested batch, oldest first, with where it stands: pending, learned, held or dropped."""
+    champion = registry.champion()
+    learned = set(champion.tag_list("batches_seen")) if champion else set()
+    return batch_states(
+        [b.batch_id for b in catalog.list_batches(ws.data_dir)],
+        registry.decided(),
+        learned,
+        registry.batch_marks(),
+    )
+
+
 def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
-    """The next cycle: every ingested batch no cycle has decided on yet, from the current champion."""
+    """The next cycle: the pending batches (never decided on, or requeued), from the current champion.
+
+    Held and dropped batches stay out. A cycle trains with one strategy: without an explicit one,
+    it takes the oldest pending batch's (a requeue may ask for its own) and leaves batches that
+    asked for another to the next cycle.
+    """
     params = ws.params()
     if strategy is not None:
         check_strategy(strategy)
     registry = open_registry(ws, params)
     registry.ensure_store()
     champion = registry.champion()
-    seen = champion.tag_list("batches_seen") if champion else []
-    done = registry.consumed_batches() | set(seen)
-    pending = [b.batch_id for b in catalog.list_batches(ws.data_dir) if b.batch_id not in done]
+    pending = [s for s in ledger(ws, registry) if s.state == "pending"]
     if not pending:
         return None
+    chosen = strategy or pending[0].strategy or params.train.strategy
+    if strategy is None:
+        pending = [s for s in pending if (s.strategy or params.train.strategy) == chosen]
     cycle = make_cycle(
-        pending, seen, champion.version if champion else None, strategy or params.train.strategy, params
+        [s.batch_id for s in pending],
+        champion.tag_list("batches_seen") if champion else [],
+        champion.version if champion else None,
+        chosen,
+        params,
+        {s.batch_id: s.retry_of for s in pending if s.retry_of is not None},
     )
     cycle.save(ws.cycle_path)
     return cycle

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ratchet.cli import fmt_accuracy, ingest_into, run_retrain
+from ratchet.cycle import ledger, open_registry
 from ratchet.data.digits import digits_stream
 from ratchet.workspace import init_workspace
 
@@ -24,7 +25,9 @@ def cycle_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = [header, "-" * len(header)]
     for name, o in rows:
         failed = [r.removeprefix("FAIL: ") for r in o["reasons"] if r.startswith("FAIL")]
-        why = "; ".join(failed) if failed else o["reasons"][-1].removeprefix("ok: ")
+        # a promotion is best explained by what it did to old data (or that it was the first model)
+        key = next((r for r in o["reasons"] if r.startswith(("ok: forgetting", "ok: first model"))), "")
+        why = "; ".join(failed) if failed else key.removeprefix("ok: ")
         lines.append(
             f"{name:<18} {o['strategy']:<9} {o['version']:>3}  {_acc(o, 'champion', 'old'):>10} "
             f"{_acc(o, 'candidate', 'old'):>6}  {_acc(o, 'champion', 'new'):>10} "
@@ -97,4 +100,7 @@ def run_demo(workspace: Path | None = None) -> int:
     promoted = sum(o["action"] == "promoted" for _, o in rows)
     rejected = sum(o["action"] == "rejected" for _, o in rows)
     print(f"{promoted} promoted, {rejected} rejected")
+    held = [s for s in ledger(ws, open_registry(ws)) if s.state == "held"]
+    for state in held:
+        print(f"held, not lost: batch {state.batch_id} (`ratchet requeue` retries, `ratchet drop` retires)")
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import ratchet
 from ratchet.errors import RatchetError
+from ratchet.ledger import BatchMark, Decided
 from ratchet.report import accuracy
 from ratchet.workspace import Workspace
 
@@ -25,6 +26,7 @@ PREFIX = "ratchet."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
+BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ class VersionInfo:
 
     def tag_list(self, key: str) -> list[str]:
         return [x for x in self.tag(key).split(",") if x]
+
+    @property
+    def outcome(self) -> str:
+        """promoted | rejected | challenger once the decision is applied; empty before."""
+        return self.tag("outcome")
 
     @property
     def status(self) -> str:
@@ -171,14 +178,34 @@ class Registry:
     def find_cycle(self, cycle_id: str) -> VersionInfo | None:
         return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
 
-    def consumed_batches(self) -> set[str]:
-        """Batches whose cycle was applied (promoted or rejected): they are not retried.
+    def decided(self) -> list[Decided]:
+        """Every applied decision (promoted or rejected), for the batch ledger.
 
         A version registered but not yet applied (a crash) or only marked challenger (a dry run)
-        leaves its batches pending: the next cycle with the same inputs resumes that version.
+        decides nothing: its batches stay pending, and the next cycle with the same inputs resumes it.
         """
-        applied = ("promoted", "rejected")
-        return {b for v in self.versions() if v.tag("outcome") in applied for b in v.tag_list("batches")}
+        return [
+            Decided(
+                version=v.version,
+                batches=tuple(v.tag_list("batches")),
+                promoted=v.outcome == "promoted",
+                reasons=tuple(r for r in v.reasons if r.startswith("FAIL")),
+            )
+            for v in self.versions()
+            if v.outcome in ("promoted", "rejected")
+        ]
+
+    def batch_marks(self) -> dict[str, BatchMark]:
+        """The latest requeue or drop of each batch that has one."""
+        model = self.client.get_registered_model(self.name)
+        return {
+            key.removeprefix(BATCH_MARK): BatchMark.from_json(value)
+            for key, value in (model.tags or {}).items()
+            if key.startswith(BATCH_MARK)
+        }
+
+    def mark_batch(self, batch_id: str, mark: BatchMark) -> None:
+        self.client.set_registered_model_tag(self.name, BATCH_MARK + batch_id, mark.to_json())
 
     def download_checkpoint(self, version: str, dst: Path) -> Path:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
@@ -215,6 +242,13 @@ class Registry:
                     for model in ("champion", "candidate")
                     for split in ("old", "new", "all")
                     if (value := accuracy(rec.metrics, model, split)) is not None
+                }
+                # the gate's measurements, e.g. gate_forgetting_drop_pt, comparable across versions in the UI
+                | {
+                    f"gate_{check.replace(' ', '_')}_{key}": float(value)
+                    for check, numbers in (rec.metrics.get("gate") or {}).items()
+                    for key, value in numbers.items()
+                    if value is not None
                 }
             )
             for path in rec.report_files:

@@ -29,6 +29,7 @@ class BatchInfo:
     num_train: int
     num_held_out: int
     path: Path
+    source_name: str = ""  # the file or folder it was ingested from
 
 
 # eq=False: dataclass equality over numpy arrays is ambiguous; compare the arrays instead.
@@ -86,16 +87,19 @@ def list_batches(data_dir: Path) -> list[BatchInfo]:
                 num_train=int(counts.get("train", 0)),
                 num_held_out=int(counts.get("held_out", 0)),
                 path=entry,
+                source_name=str(manifest.get("source_name", "")),
             )
         )
     infos.sort(key=lambda b: (b.seq, b.batch_id))
     return infos
 
 
-def known_hashes(data_dir: Path) -> dict[str, str]:
-    """sha256 of canonical pixels -> id of the (earliest) batch that holds it."""
+def known_hashes(data_dir: Path, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    """sha256 of canonical pixels -> id of the (earliest) batch that holds it, `exclude` left out."""
     hashes: dict[str, str] = {}
     for info in list_batches(data_dir):
+        if info.batch_id in exclude:
+            continue
         for sample in read_manifest(info.path)["samples"]:
             hashes.setdefault(sample["sha256"], info.batch_id)
     return hashes

@@ -423,13 +423,18 @@ def _publish(
 
 
 def ingest_batch(
-    source: Path, data_dir: Path, params: DataParams, progress: ProgressFn | None = None
+    source: Path,
+    data_dir: Path,
+    params: DataParams,
+    progress: ProgressFn | None = None,
+    dropped: Callable[[], set[str]] | None = None,
 ) -> IngestReport:
     """Validate, canonicalise, deduplicate and split `source`; store it as a new batch.
 
     Raises InputError (writing nothing) when the source is structurally wrong or nothing in it is
     usable. Returns a report with `batch_id=None` (writing nothing) when every usable sample was
-    already ingested.
+    already ingested. Samples of batches that `dropped()` names do not count as ingested, so a
+    relabelled copy of a dropped batch comes in; it is asked only when there are duplicates.
     """
     source = Path(source)
     data_dir = Path(data_dir)
@@ -453,6 +458,8 @@ def ingest_batch(
 
     # First occurrence in source order wins: sorted paths for a folder, index order for an .npz.
     earlier = known_hashes(data_dir)
+    if dropped is not None and any(sample.sha256 in earlier for sample in samples):
+        earlier = known_hashes(data_dir, exclude=dropped())
     seen: set[str] = set()
     kept: list[_Sample] = []
     duplicates: list[Duplicate] = []

@@ -1,0 +1,104 @@
+"""Where each ingested batch stands: pending, learned, held or dropped. Pure: no I/O.
+
+A batch is never lost. A cycle whose candidate is rejected leaves its batches *held*, with the
+gate's reasons: they are not trained on again by themselves and do not block later batches, and
+a person decides what happens next, on record: `ratchet requeue` (try again, perhaps with another
+strategy or after changing the gate) or `ratchet drop` (retire with a reason). The state is
+derived from the registry (which versions decided on the batch, and how) and the marks people
+left, so there is no second copy of it to drift out of step after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+State = Literal["pending", "learned", "held", "dropped"]
+Action = Literal["requeue", "drop"]
+
+
+@dataclass(frozen=True)
+class BatchMark:
+    """A person's word on a batch: try it again, or retire it."""
+
+    action: Action
+    reason: str
+    by: str
+    at: str  # ISO time
+    after_version: str | None  # the version whose decision this answers; None: the batch never ran
+    strategy: str | None = None  # requeue: the strategy of its next cycle (None: params.yaml's)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> BatchMark:
+        raw = json.loads(text)
+        return BatchMark(
+            action=raw["action"],
+            reason=str(raw["reason"]),
+            by=str(raw["by"]),
+            at=str(raw["at"]),
+            after_version=raw.get("after_version"),
+            strategy=raw.get("strategy"),
+        )
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One applied decision on a set of batches: a registry version and its outcome."""
+
+    version: str
+    batches: tuple[str, ...]
+    promoted: bool
+    reasons: tuple[str, ...]  # the failed gate checks, when rejected
+
+
+@dataclass(frozen=True)
+class BatchState:
+    batch_id: str
+    state: State
+    version: str | None  # the version that last decided on it
+    reason: str  # why it is held or dropped; empty otherwise
+    strategy: str | None = None  # pending after a requeue: the strategy asked for
+    retry_of: str | None = None  # pending after a requeue: the version whose rejection it retries
+
+
+def batch_states(
+    batch_ids: Iterable[str],
+    decided: Iterable[Decided],
+    learned: set[str],
+    marks: Mapping[str, BatchMark],
+) -> list[BatchState]:
+    """The state of every batch, in the order given.
+
+    `learned` is what the champion has seen (its lineage); `decided` the applied decisions, in
+    any order. A cycle that is recorded but not applied (a crash, a dry run) decides nothing: its
+    batches stay pending, and the next retrain resumes that cycle.
+    """
+    last: dict[str, Decided] = {}
+    for one in sorted(decided, key=lambda d: int(d.version)):
+        for b in one.batches:
+            last[b] = one
+    out = []
+    for b in batch_ids:
+        d, mark = last.get(b), marks.get(b)
+        version = d.version if d else None
+        if b in learned:
+            out.append(BatchState(b, "learned", version, ""))
+        elif mark is not None and mark.action == "drop":
+            out.append(BatchState(b, "dropped", version, f"dropped by {mark.by} at {mark.at}: {mark.reason}"))
+        elif mark is not None and mark.after_version == version:
+            # a requeue answering the latest decision: the next cycle tries the batch again
+            out.append(BatchState(b, "pending", version, "", mark.strategy, version))
+        elif d is None:
+            out.append(BatchState(b, "pending", None, ""))
+        elif d.promoted:
+            # promoted once, but the champion no longer has it: its version was rolled back
+            out.append(BatchState(b, "held", version, f"version {version} was promoted, then rolled back"))
+        else:
+            why = "; ".join(r.removeprefix("FAIL: ") for r in d.reasons) or "rejected"
+            out.append(BatchState(b, "held", version, f"version {version} rejected: {why}"))
+    return out
