@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,17 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def write_results(
+    stem: str,
+    doc: dict[str, Any],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """results/<stem>.json, .md and .png, and the markdown on stdout."""
+    write_json(RESULTS / f"{stem}.json", doc)
+    text = markdown(doc)
+    (RESULTS / f"{stem}.md").write_text(text)
+    plot(doc, RESULTS / f"{stem}.png")
+    print(text)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, RESULTS, device_label, device_slug, write_json
+from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, device_label, device_slug, write_results
 from ratchet.config import TrainParams
 from ratchet.data.fashion import StreamStep, class_incremental, domain_incremental, load_fashion
 from ratchet.evaluate import split_metrics
@@ -146,7 +146,7 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(doc: dict[str, Any], path: Any) -> None:
+def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,11 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     part = "" if args.fraction >= 1.0 else f"_f{args.fraction:g}"
     if args.memory_per_class != FASHION_TRAIN.replay_memory_per_class:
         part += f"_m{args.memory_per_class}"
-    stem = f"continual_quality_{device_slug()}{part}"  # not with_suffix: "f0.2" has a dot of its own
-    write_json(RESULTS / f"{stem}.json", doc)
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
-    plot(doc, RESULTS / f"{stem}.png")
-    print(markdown(doc))
+    # not with_suffix: "f0.2" has a dot of its own
+    write_results(f"continual_quality_{device_slug()}{part}", doc, markdown, plot)
     return 0
 
 

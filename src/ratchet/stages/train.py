@@ -6,6 +6,7 @@ import json
 import sys
 
 from ratchet.atomic import write_text
+from ratchet.config import Params
 from ratchet.cycle import CANDIDATE, PREPARED, Cycle, stage_dir
 from ratchet.stages._common import fresh_dir, load_arrays, stage_main
 from ratchet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -22,14 +23,9 @@ def print_epoch(stats: EpochStats) -> None:
     )
 
 
-def run(ws: Workspace) -> FitResult:
-    params = ws.params()
-    prepared = stage_dir(ws, PREPARED)
-    cycle = Cycle.load(prepared / "cycle.json")
-    images, labels = load_arrays(prepared / "train.npz")
-    parent = prepared / "parent"
-    start = load_checkpoint(parent) if parent.is_dir() else None
-    initial = ModelSpec(
+def initial_spec(params: Params) -> ModelSpec:
+    """The architecture a bootstrap builds from params.yaml; its classes come from the first batch."""
+    return ModelSpec(
         arch=params.model.arch,
         in_channels=params.data.channels,
         image_size=params.data.image_size,
@@ -38,6 +34,16 @@ def run(ws: Workspace) -> FitResult:
         norm=params.model.norm,
         classes=(),
     )
+
+
+def run(ws: Workspace) -> FitResult:
+    params = ws.params()
+    prepared = stage_dir(ws, PREPARED)
+    cycle = Cycle.load(prepared / "cycle.json")
+    images, labels = load_arrays(prepared / "train.npz")
+    parent = prepared / "parent"
+    start = load_checkpoint(parent) if parent.is_dir() else None
+    initial = initial_spec(params)
     origin = f"version {cycle.parent_version}" if start else "scratch"
     print(f"training {len(labels)} samples from {origin} with {cycle.strategy}", flush=True)
     result = fit(
