@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks
 	$(BIN)/mypy src flows benchmarks
 
-bench: $(STAMP)  ## Fashion-MNIST benchmarks, full data (needs the Debian package dataset-fashion-mnist); ARGS=--fraction 0.2 for a quicker CPU run
+bench: $(STAMP)  ## Fashion-MNIST benchmarks, full data (needs the Debian package dataset-fashion-mnist); ARGS=--fraction 0.2 for a quicker CPU run; STREAM_ARGS for the product streams (default 25% of the data)
 	$(BIN)/python -m benchmarks.throughput $(THROUGHPUT_ARGS)
 	$(BIN)/python -m benchmarks.continual_quality $(ARGS)
+	$(BIN)/python -m benchmarks.stream $(STREAM_ARGS)
