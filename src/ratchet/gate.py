@@ -71,6 +71,11 @@ class GateInput:
     def has_champion(self) -> bool:
         return bool(self.known_classes)
 
+    @property
+    def every(self) -> HeldOut:
+        """Old and new held-out data together: what the floors judge."""
+        return HeldOut.concat([self.old, self.new])
+
 
 @dataclass(frozen=True)
 class Check:
@@ -203,9 +208,9 @@ def _paired_check(name: str, what: str, drop: PairedDrop, allowed_pt: float, gat
 
 
 def _floor(m: GateInput, gate: GateParams) -> Check:
-    labels = np.concatenate([m.old.labels, m.new.labels])
-    predicted = np.concatenate([m.old.candidate, m.new.candidate])
-    acc = float(np.mean(predicted == labels))
+    every = m.every
+    labels = every.labels
+    acc = float(np.mean(every.candidate == labels))
     ok = acc >= gate.min_accuracy
     relation = ">=" if ok else "is below"
     return Check(
@@ -221,9 +226,9 @@ def _class_floor(m: GateInput, gate: GateParams) -> Check:
     """Every class on all held-out data. A class fails only when significantly below the floor (three
     held-out samples and one miss prove nothing), and not for a known class the champion was below
     the floor on too: that is no fault of the candidate's, and rejecting it would lock the champion."""
-    labels = np.concatenate([m.old.labels, m.new.labels])
-    hits = np.concatenate([m.old.candidate, m.new.candidate]) == labels
-    champion_hits = np.concatenate([m.old.champion, m.new.champion]) == labels
+    every = m.every
+    labels = every.labels
+    hits, champion_hits = every.candidate == labels, every.champion == labels
     rows = []
     for name in sorted(set(labels.tolist())):
         mask = labels == name

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ratchet.gate import Decision
 
 
 def _fmt(value: Any) -> str:
@@ -15,14 +18,14 @@ def accuracy(metrics: dict[str, Any], model: str, split: str) -> float | None:
     return None if part is None else float(part["accuracy"])
 
 
-def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: dict[str, Any]) -> str:
+def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: Decision) -> str:
     champ, cand = metrics.get("champion"), metrics["candidate"]
-    verdict = "PROMOTE" if decision["promote"] else "REJECT"
+    verdict = "PROMOTE" if decision.promote else "REJECT"
     parent = cycle["parent_version"] or "none (bootstrap from scratch)"
     lines = [
         f"# Cycle {cycle['cycle_id']}: {verdict}",
         "",
-        decision["summary"],
+        decision.summary(),
         "",
         f"- new batches: {', '.join(cycle['new_batches'])}",
         f"- old batches (what the champion learned): {', '.join(cycle['old_batches']) or 'none'}",
@@ -39,10 +42,8 @@ def decision_report(cycle: dict[str, Any], metrics: dict[str, Any], decision: di
         champ_acc, cand_acc = accuracy(metrics, "champion", split), accuracy(metrics, "candidate", split)
         lines.append(f"| {split} | {n} | {_fmt(champ_acc)} | {_fmt(cand_acc)} |")
     lines += ["", "## Gate checks", "", "| check | result | numbers |", "|---|---|---|"]
-    for reason in decision["reasons"]:
-        result, _, rest = reason.partition(": ")
-        name, _, text = rest.partition(": ")
-        lines.append(f"| {name} | {'pass' if result == 'ok' else '**FAIL**'} | {text.replace('|', '/')} |")
+    for c in decision.checks:
+        lines.append(f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.text.replace('|', '/')} |")
     lines += [
         "",
         "## Per-class accuracy on all held-out data",

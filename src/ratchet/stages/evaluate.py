@@ -62,7 +62,7 @@ def run(ws: Workspace) -> Evaluation:
     with fresh_dir(stage_dir(ws, EVAL)) as tmp:
         write_text(tmp / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         write_text(tmp / "decision.json", json.dumps(decision_json, indent=1) + "\n")
-        write_text(tmp / "report.md", decision_report(cycle.to_json(), metrics, decision_json))
+        write_text(tmp / "report.md", decision_report(cycle.to_json(), metrics, decision))
     print(decision.summary(), flush=True)
     return Evaluation(candidate=cand_metrics, champion=champ_metrics, decision=decision)
 
