@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ratchet.config import STRATEGIES, Params, TrainParams, load_params, parse_params
+from ratchet.config import Params, TrainParams, load_params, parse_params
 from ratchet.errors import InputError
+from ratchet.train import strategies
 from ratchet.workspace import template
 
 TEMPLATE = template("params.yaml")
@@ -47,7 +48,7 @@ def test_template_loads_into_typed_params(tmp_path: Path) -> None:
     # then every section is typed and the values are the template's
     assert isinstance(p, Params)
     assert isinstance(p.train, TrainParams)
-    assert p.train.strategy in STRATEGIES
+    assert p.train.strategy in strategies.NAMES
     assert p.data.channels == 1 and p.data.image_size == 8
     assert isinstance(p.train.lr, float) and p.train.lr == pytest.approx(0.005)
     assert p.train.deterministic is True
@@ -172,7 +173,7 @@ def test_bad_device_literal_is_refused() -> None:
     assert "train.device" in str(refused(r))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", strategies.NAMES)
 def test_every_strategy_literal_is_accepted(strategy: str) -> None:
     r = raw()
     r["train"]["strategy"] = strategy

@@ -97,14 +97,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> dict[str, Any] | None:
-    from ratchet.config import check_strategy
     from ratchet.flows.retrain import retrain
+    from ratchet.train import strategies
     from ratchet.workspace import open_workspace
 
     # fail with one line before starting Prefect
     open_workspace(workspace).params()
     if strategy is not None:
-        check_strategy(strategy)
+        strategies.check(strategy)
     result = retrain(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
     return result
 
@@ -160,16 +160,16 @@ def _mark_batch(args: argparse.Namespace, action: str) -> tuple[BatchState, str]
     import getpass
     from datetime import UTC, datetime
 
-    from ratchet.config import check_strategy
     from ratchet.cycle import ledger, open_registry
     from ratchet.data import catalog
     from ratchet.ledger import BatchMark
+    from ratchet.train import strategies
     from ratchet.workspace import open_workspace
 
     ws = open_workspace(args.workspace)
     strategy = getattr(args, "strategy", None)
     if strategy is not None:
-        check_strategy(strategy)
+        strategies.check(strategy)
     try:
         by = args.by or getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry: a bare container

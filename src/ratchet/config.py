@@ -17,9 +17,6 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from ratchet.errors import InputError
 
-# A strategy is one name or several joined by "+" (e.g. "replay+lwf"); see parse_strategy.
-STRATEGIES: tuple[str, ...] = ("finetune", "replay", "ewc", "lwf", "transfer", "joint")
-
 
 @dataclass(frozen=True)
 class RegistryParams:
@@ -47,7 +44,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    strategy: str  # finetune | replay | ewc | lwf | transfer | joint, or a combination like replay+lwf
+    strategy: str  # a name of ratchet.train.strategies, or several joined by + (replay+lwf)
     num_epochs: int
     batch_size: int
     lr: float  # peak learning rate when training from scratch (one-cycle schedule)
@@ -66,6 +63,8 @@ class TrainParams:
     ewc_fisher_samples: int  # ewc: training samples used to estimate the Fisher information
     lwf_alpha: float  # lwf: weight of the distillation loss on the champion's outputs
     lwf_temperature: float  # lwf: softmax temperature of the distillation
+    derpp_alpha: float  # derpp: weight of matching the outputs recorded with each memory sample
+    derpp_beta: float  # derpp: weight of the cross-entropy on the memory samples
     transfer_head_epochs: int  # transfer: epochs training the head only before unfreezing
     transfer_lr_decay: float  # transfer: lr factor per block further from the head, 0..1
     compile: bool  # torch.compile the model (worth it on a GPU for long runs)
@@ -176,6 +175,8 @@ def _check_ranges(p: Params) -> None:
         (p.train.ewc_fisher_samples > 0, "train.ewc_fisher_samples must be positive"),
         (p.train.lwf_alpha >= 0, "train.lwf_alpha must not be negative"),
         (p.train.lwf_temperature > 0, "train.lwf_temperature must be positive"),
+        (p.train.derpp_alpha >= 0, "train.derpp_alpha must not be negative"),
+        (p.train.derpp_beta >= 0, "train.derpp_beta must not be negative"),
         (p.train.transfer_head_epochs >= 0, "train.transfer_head_epochs must not be negative"),
         (0.0 < p.train.transfer_lr_decay <= 1.0, "train.transfer_lr_decay must be in (0, 1]"),
         (p.train.max_resident_mb >= 0, "train.max_resident_mb must not be negative"),
@@ -196,28 +197,13 @@ def _check_ranges(p: Params) -> None:
             raise InputError(f"params: {message}")
 
 
-def parse_strategy(name: str) -> frozenset[str]:
-    """ "replay+lwf" -> {"replay", "lwf"}. finetune and joint stand alone; the others combine."""
-    parts = [p.strip() for p in name.split("+")]
-    unknown = [p for p in parts if p not in STRATEGIES]
-    if unknown or not name:
-        raise InputError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)}, combined with +)")
-    alone = {"finetune", "joint"} & set(parts)
-    if alone and len(parts) > 1:
-        raise InputError(f"strategy {next(iter(alone))} does not combine with others: {name!r}")
-    return frozenset(parts)
-
-
-def check_strategy(name: str) -> str:
-    parse_strategy(name)
-    return name
-
-
 def parse_params(raw: Any) -> Params:
     params = _build(Params, raw, "")
     _check_ranges(params)
+    from ratchet.train import strategies  # the registry imports no torch
+
     try:
-        parse_strategy(params.train.strategy)
+        strategies.check(params.train.strategy)
     except InputError as exc:
         raise InputError(f"params: train.strategy: {exc}") from None
     return params

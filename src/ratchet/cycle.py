@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ratchet.atomic import write_text
-from ratchet.config import Params, check_strategy
+from ratchet.config import Params
 from ratchet.data import catalog, versioning
 from ratchet.errors import InputError
 from ratchet.ledger import BatchState, batch_states
+from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
 if TYPE_CHECKING:  # the registry imports mlflow: loaded only when a command needs it
@@ -111,7 +112,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     """
     params = ws.params()
     if strategy is not None:
-        check_strategy(strategy)
+        strategies.check(strategy)
     registry = open_registry(ws, params)
     registry.ensure_store()
     champion = registry.champion()

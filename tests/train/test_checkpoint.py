@@ -13,6 +13,7 @@ from ratchet.train.checkpoint import (
     MEMORY_FILE,
     SPEC_FILE,
     WEIGHTS_FILE,
+    Checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -50,7 +51,7 @@ def test_round_trip_gives_identical_predictions_spec_and_memory(tmp_path: Path) 
     # given a model with non-default weights and batch-norm statistics, a spec and a memory
     model, mem = model_with_state(), memory()
     # when saved and loaded back
-    save_checkpoint(tmp_path / "ck", model, SPEC, mem)
+    save_checkpoint(tmp_path / "ck", Checkpoint(model, SPEC, mem))
     ck = load_checkpoint(tmp_path / "ck")
     # then everything comes back identical
     assert ck.spec == SPEC
@@ -67,7 +68,7 @@ def test_round_trip_gives_identical_predictions_spec_and_memory(tmp_path: Path) 
 def test_a_grown_head_round_trips(tmp_path: Path) -> None:
     model = model_with_state()
     spec = grow_head(model, SPEC, ("c",))
-    save_checkpoint(tmp_path, model, spec, memory())
+    save_checkpoint(tmp_path, Checkpoint(model, spec, memory()))
     ck = load_checkpoint(tmp_path)
     assert ck.spec.classes == ("b", "a", "c")
     assert ck.model.head.out_features == 3
@@ -77,8 +78,8 @@ def test_a_grown_head_round_trips(tmp_path: Path) -> None:
 def test_saving_the_same_model_twice_gives_byte_identical_files(tmp_path: Path) -> None:
     # given one model saved into two different directories (different temp file names)
     model, mem = model_with_state(), memory()
-    save_checkpoint(tmp_path / "one", model, SPEC, mem)
-    save_checkpoint(tmp_path / "two" / "nested", model, SPEC, mem)
+    save_checkpoint(tmp_path / "one", Checkpoint(model, SPEC, mem))
+    save_checkpoint(tmp_path / "two" / "nested", Checkpoint(model, SPEC, mem))
 
     # then every file hashes the same (dvc.lock compares hashes of the candidate directory)
     def digest(d: Path, name: str) -> str:
@@ -89,15 +90,15 @@ def test_saving_the_same_model_twice_gives_byte_identical_files(tmp_path: Path) 
 
 
 def test_saving_a_loaded_checkpoint_reproduces_the_weights_bytes(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path / "a", model_with_state(), SPEC, memory())
+    save_checkpoint(tmp_path / "a", Checkpoint(model_with_state(), SPEC, memory()))
     ck = load_checkpoint(tmp_path / "a")
-    save_checkpoint(tmp_path / "b", ck.model, ck.spec, ck.memory)
+    save_checkpoint(tmp_path / "b", Checkpoint(ck.model, ck.spec, ck.memory))
     assert (tmp_path / "a" / WEIGHTS_FILE).read_bytes() == (tmp_path / "b" / WEIGHTS_FILE).read_bytes()
 
 
 def test_weights_file_is_a_plain_state_dict_loadable_weights_only(tmp_path: Path) -> None:
     model = model_with_state()
-    save_checkpoint(tmp_path, model, SPEC, memory())
+    save_checkpoint(tmp_path, Checkpoint(model, SPEC, memory()))
     state = torch.load(tmp_path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     assert isinstance(state, dict)
     assert set(state) == set(model.state_dict())
@@ -105,14 +106,16 @@ def test_weights_file_is_a_plain_state_dict_loadable_weights_only(tmp_path: Path
 
 
 def test_saving_leaves_no_temp_files_and_overwrites(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model_with_state(), SPEC, memory())
-    save_checkpoint(tmp_path, model_with_state(), SPEC.with_classes(("b", "a")), ReplayMemory.empty(8, 1))
+    save_checkpoint(tmp_path, Checkpoint(model_with_state(), SPEC, memory()))
+    save_checkpoint(
+        tmp_path, Checkpoint(model_with_state(), SPEC.with_classes(("b", "a")), ReplayMemory.empty(8, 1))
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([WEIGHTS_FILE, SPEC_FILE, MEMORY_FILE])
     assert len(load_checkpoint(tmp_path).memory) == 0
 
 
 def test_a_checkpoint_without_memory_loads_an_empty_memory(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model_with_state(), SPEC, memory())
+    save_checkpoint(tmp_path, Checkpoint(model_with_state(), SPEC, memory()))
     (tmp_path / MEMORY_FILE).unlink()
     ck = load_checkpoint(tmp_path)
     assert len(ck.memory) == 0
@@ -121,7 +124,7 @@ def test_a_checkpoint_without_memory_loads_an_empty_memory(tmp_path: Path) -> No
 
 def test_weights_that_do_not_match_the_spec_fail_to_load(tmp_path: Path) -> None:
     # given a spec.json that claims one more class than the weights have
-    save_checkpoint(tmp_path, model_with_state(), SPEC, memory())
+    save_checkpoint(tmp_path, Checkpoint(model_with_state(), SPEC, memory()))
     (tmp_path / SPEC_FILE).write_text((tmp_path / SPEC_FILE).read_text().replace('"a"', '"a",\n  "z"'))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_checkpoint(tmp_path)

@@ -14,11 +14,11 @@ from typing import Literal
 
 import numpy as np
 
-from ratchet.config import parse_strategy
 from ratchet.cycle import PREPARED, Cycle, open_registry, stage_dir
 from ratchet.data import catalog
 from ratchet.errors import InputError
 from ratchet.stages._common import fresh_dir, save_arrays, stage_main
+from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
 
@@ -28,10 +28,11 @@ def run(ws: Workspace) -> Path:
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     out = stage_dir(ws, PREPARED)
     with fresh_dir(out) as tmp:
-        # joint retrains from scratch on everything seen so far; every other strategy on the new batches
+        # a strategy may train on everything seen so far (joint); the others on the new batches
+        units = strategies.load(cycle.strategy, params.train)
         train_batches = (
             cycle.old_batches + cycle.new_batches
-            if "joint" in parse_strategy(cycle.strategy)
+            if any(u.trains_on_all_seen for u in units)
             else cycle.new_batches
         )
         parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -46,12 +47,10 @@ def run(ws: Workspace) -> FitResult:
     initial = initial_spec(params)
     origin = f"version {cycle.parent_version}" if start else "scratch"
     print(f"training {len(labels)} samples from {origin} with {cycle.strategy}", flush=True)
-    result = fit(
-        start, initial, images, labels, params.train, cycle.strategy, print_epoch, params.model.pretrained
-    )
+    train = dataclasses.replace(params.train, strategy=cycle.strategy)  # a retrain may override it
+    result = fit(start, initial, images, labels, train, print_epoch, params.model.pretrained)
     with fresh_dir(stage_dir(ws, CANDIDATE)) as tmp:
-        ck = result.checkpoint
-        save_checkpoint(tmp / "checkpoint", ck.model, ck.spec, ck.memory, ck.ewc)
+        save_checkpoint(tmp / "checkpoint", result.checkpoint)
         # no timings here: the output must hash the same when `dvc repro` repeats the run
         history = [{"epoch": s.epoch, "loss": s.loss, "accuracy": s.accuracy} for s in result.history]
         write_text(tmp / "history.json", json.dumps(history, indent=1) + "\n")
