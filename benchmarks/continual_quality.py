@@ -26,10 +26,12 @@ from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, device_label, device_
 from ratchet.config import TrainParams
 from ratchet.data.fashion import StreamStep, class_incremental, domain_incremental, load_fashion
 from ratchet.evaluate import split_metrics
+from ratchet.train import strategies
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.loop import fit
 
-STRATEGIES = ("finetune", "replay", "ewc", "lwf", "replay+lwf", "transfer", "joint")
+# every registered strategy, and the one pair worth measuring
+STRATEGIES = (*strategies.NAMES, "replay+lwf")
 
 
 def run_stream(steps: list[StreamStep], strategy: str, train: TrainParams) -> dict[str, Any]:
@@ -37,14 +39,15 @@ def run_stream(steps: list[StreamStep], strategy: str, train: TrainParams) -> di
     state: Checkpoint | None = None
     acc = np.full((len(steps), len(steps)), np.nan)  # acc[i, j]: on step j's held-out after step i
     processed, seconds = 0, 0.0
+    everything = strategies.trains_on_all_seen(strategy)
     for i, step in enumerate(steps):
-        if strategy == "joint":
+        if everything:
             images = np.concatenate([s.train.images for s in steps[: i + 1]])
             labels = np.concatenate([s.train.labels for s in steps[: i + 1]])
         else:
             images, labels = step.train.images, step.train.labels
         t0 = time.perf_counter()
-        result = fit(state, FASHION_SPEC, images, labels, params, strategy)
+        result = fit(state, FASHION_SPEC, images, labels, params)
         seconds += time.perf_counter() - t0
         processed += result.images_processed
         state = result.checkpoint
@@ -184,6 +187,10 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _reads_memory(strategy: str) -> bool:
+    return any(unit.memory_share() > 0 for unit in strategies.load(strategy, FASHION_TRAIN))
+
+
 def reusable_rows(path: Path, doc: dict[str, Any], skip: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """Rows of an earlier run that this run's params would reproduce exactly: strategies that never
     read the replay memory, from a run on the same device and data whose params differ at most in
@@ -194,7 +201,7 @@ def reusable_rows(path: Path, doc: dict[str, Any], skip: set[str]) -> dict[str, 
     if (earlier["device"], earlier["fraction"], theirs) != (doc["device"], doc["fraction"], mine):
         raise SystemExit(f"{path}: another device, fraction or params; its rows would not be reproduced")
     return {
-        stream: {n: r for n, r in rows.items() if "replay" not in n and n not in skip}
+        stream: {n: r for n, r in rows.items() if n not in skip and not _reads_memory(n)}
         for stream, rows in earlier["streams"].items()
     }
 

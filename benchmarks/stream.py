@@ -325,7 +325,7 @@ def joint_reference(result: dict[str, Any], test: TestSplit) -> dict[str, float]
     params = ws.params()
     samples = catalog.load_split(ws.data_dir, result["clean_batch_ids"], "train")
     train = replace(params.train, strategy="joint")
-    ck = fit(None, initial_spec(params), samples.images, samples.labels, train, "joint").checkpoint
+    ck = fit(None, initial_spec(params), samples.images, samples.labels, train).checkpoint
 
     def predict_labels(images: np.ndarray) -> dict[str, np.ndarray]:
         return {"label": np.asarray(ck.spec.classes)[predict(ck, images)]}

@@ -29,10 +29,9 @@ def run(ws: Workspace) -> Path:
     out = stage_dir(ws, PREPARED)
     with fresh_dir(out) as tmp:
         # a strategy may train on everything seen so far (joint); the others on the new batches
-        units = strategies.load(cycle.strategy, params.train)
         train_batches = (
             cycle.old_batches + cycle.new_batches
-            if any(u.trains_on_all_seen for u in units)
+            if strategies.trains_on_all_seen(cycle.strategy)
             else cycle.new_batches
         )
         parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [

@@ -71,9 +71,16 @@ def help_text() -> str:
     )
 
 
+def unit_classes(name: str) -> list[type[Strategy]]:
+    """The unit classes of a strategy (or combination); imports their modules (and torch)."""
+    return [importlib.import_module(f"{__name__}.{part}").UNIT for part in parse(name)]
+
+
 def load(name: str, params: TrainParams) -> list[Strategy]:
     """The units of a strategy (or combination), ready for one `fit`."""
-    return [
-        importlib.import_module(f"{__name__}.{part}").UNIT(params)  # type: ignore[no-any-return]
-        for part in parse(name)
-    ]
+    return [unit(params) for unit in unit_classes(name)]
+
+
+def trains_on_all_seen(name: str) -> bool:
+    """Whether its training data is every batch seen so far, not just the new ones (joint)."""
+    return any(unit.trains_on_all_seen for unit in unit_classes(name))
