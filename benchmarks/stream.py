@@ -244,7 +244,8 @@ def run_stream(stream: Stream, test: TestSplit, workdir: Path) -> dict[str, Any]
     import mlflow
 
     from ratchet.cli import ingest_into, run_retrain
-    from ratchet.cycle import ledger, open_registry
+    from ratchet.cycle import ledger
+    from ratchet.registry import open_registry
     from ratchet.workspace import open_workspace
 
     slug = stream.name.replace(", ", "-").replace(" ", "-").replace("(", "").replace(")", "")

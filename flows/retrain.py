@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ratchet import cycle as cyc
-from ratchet.stages import evaluate, prepare, train
+from ratchet.registry import open_registry
 from ratchet.workspace import Workspace, open_workspace
 
 
@@ -24,22 +24,22 @@ def plan_task(ws: Workspace, strategy: str | None) -> cyc.Cycle | None:
 
 @task(name="find-registered", cache_policy=NO_CACHE)
 def find_task(ws: Workspace, cycle: cyc.Cycle) -> Any:
-    return cyc.open_registry(ws).find_cycle(cycle.cycle_id)
+    return open_registry(ws).find_cycle(cycle.cycle_id)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare_task(ws: Workspace) -> None:
-    prepare.run(ws)
+    cyc.run_prepare(ws)
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(ws: Workspace) -> None:
-    train.run(ws)
+    cyc.run_train(ws)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(ws: Workspace) -> None:
-    evaluate.run(ws)
+    cyc.run_evaluate(ws)
 
 
 @task(name="record", cache_policy=NO_CACHE)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ratchet.cli import ingest_into, run_retrain
-from ratchet.cycle import ledger, open_registry
+from ratchet.cycle import ledger
 from ratchet.data.digits import StreamBatch
+from ratchet.registry import open_registry
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

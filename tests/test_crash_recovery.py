@@ -8,7 +8,8 @@ import pytest
 
 from ratchet import cycle as cyc
 from ratchet.cli import ingest_into, run_retrain
-from ratchet.stages import evaluate, prepare, train
+from ratchet.registry import open_registry
+from ratchet.stages import train
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -33,7 +34,7 @@ def test_crash_during_training_leaves_the_batch_pending(
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_retrain(one_batch)
     ws = open_workspace(one_batch)
-    registry = cyc.open_registry(ws)
+    registry = open_registry(ws)
     assert registry.versions() == []
     assert registry.champion() is None
 
@@ -48,11 +49,11 @@ def test_crash_after_registration_is_resumed_not_duplicated(one_batch: Path) -> 
     # the cycle ran and registered its version, then the process died before applying the decision
     cycle = cyc.plan(ws)
     assert cycle is not None
-    prepare.run(ws)
-    train.run(ws)
-    evaluate.run(ws)
+    cyc.run_prepare(ws)
+    cyc.run_train(ws)
+    cyc.run_evaluate(ws)
     recorded = cyc.record(ws, cycle)
-    registry = cyc.open_registry(ws)
+    registry = open_registry(ws)
     assert registry.champion() is None  # evaluated, but not yet crowned
 
     outcome = run_retrain(one_batch)
@@ -71,7 +72,7 @@ def test_dry_run_marks_a_challenger_and_keeps_the_champion(
     ingest_into(one_batch, stream_files["digits-5-9"])
     outcome = run_retrain(one_batch, dry_run=True)
     assert outcome is not None and outcome["action"] == "challenger"
-    registry = cyc.open_registry(open_workspace(one_batch))
+    registry = open_registry(open_workspace(one_batch))
     champion = registry.champion()
     assert champion is not None and champion.version == "1"
     challenger = next(v for v in registry.versions() if v.version == outcome["version"])

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from ratchet.cli import ingest_into, main, run_retrain
-from ratchet.cycle import ledger, open_registry
+from ratchet.cycle import ledger
 from ratchet.data import catalog, versioning
 from ratchet.data.digits import StreamBatch
+from ratchet.registry import open_registry
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -241,7 +242,7 @@ print(",".join(out["label"].astype(str)))
 
 
 def test_dvc_repro_reproduces_the_last_candidate(streamed: Stream) -> None:
-    metrics = streamed.ws.artifacts / "eval" / "metrics.json"
+    metrics = streamed.ws.stage_paths().eval / "metrics.json"
     before_metrics = metrics.read_text()
     before_lock = (streamed.root / "dvc.lock").read_text()
     versioning.dvc(streamed.root, "repro", "-f")

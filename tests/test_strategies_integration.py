@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from ratchet.cli import ingest_into, run_retrain
-from ratchet.cycle import ledger, open_registry
+from ratchet.cycle import ledger
+from ratchet.registry import open_registry
 from ratchet.workspace import init_workspace, open_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -36,13 +37,14 @@ def test_gate_rejects_a_forgetting_finetune_and_state_survives_the_registry(
     ingest_into(root, stream_files["digits-0-4"])
     first = run_retrain(root, strategy="replay+ewc")
     assert first is not None and first["action"] == "promoted"
-    trained = digests(ws.artifacts / "candidate" / "checkpoint")
+    trained = digests(ws.stage_paths().candidate / "checkpoint")
 
     # then its state comes back byte for byte from the registry, in a fresh process
     code = f"""
 import hashlib, sys, tempfile
 from pathlib import Path
-from ratchet.cycle import ledger, open_registry
+from ratchet.cycle import ledger
+from ratchet.registry import open_registry
 from ratchet.workspace import open_workspace
 from ratchet.train.checkpoint import load_checkpoint
 ws = open_workspace(Path({str(root)!r}))
@@ -64,7 +66,7 @@ with tempfile.TemporaryDirectory() as d:
     assert second is not None
 
     # then the next cycle started from the champion's stored state, not from nothing
-    assert digests(ws.artifacts / "prepared" / "parent") == trained
+    assert digests(ws.stage_paths().prepared / "parent") == trained
     # and the gate rejects the candidate that forgot digits 0-4 as forgetting, with the numbers
     assert second["action"] == "rejected"
     assert second["metrics"]["candidate"]["old"] < 0.5

@@ -35,7 +35,7 @@ def _configure_runtime() -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ratchet.cycle import open_registry
+    from ratchet.registry import open_registry
     from ratchet.workspace import init_workspace
 
     ws, created = init_workspace(args.directory, model_name=args.model_name)
@@ -66,7 +66,7 @@ def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
 
     def dropped() -> set[str]:
         # a relabelled copy of a dropped batch is new data: its samples do not count as ingested
-        from ratchet.cycle import open_registry
+        from ratchet.registry import open_registry
 
         registry = open_registry(ws, params)
         registry.ensure_store()
@@ -110,7 +110,8 @@ def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = N
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from ratchet.cycle import ledger, open_registry
+    from ratchet.cycle import ledger
+    from ratchet.registry import open_registry
     from ratchet.workspace import open_workspace
 
     outcome = run_retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
@@ -160,9 +161,10 @@ def _mark_batch(args: argparse.Namespace, action: str) -> tuple[BatchState, str]
     import getpass
     from datetime import UTC, datetime
 
-    from ratchet.cycle import ledger, open_registry
+    from ratchet.cycle import ledger
     from ratchet.data import catalog
     from ratchet.ledger import BatchMark
+    from ratchet.registry import open_registry
     from ratchet.train import strategies
     from ratchet.workspace import open_workspace
 
@@ -217,8 +219,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     import dataclasses
     from collections import Counter
 
-    from ratchet.cycle import ledger, open_registry
+    from ratchet.cycle import ledger
     from ratchet.data import catalog
+    from ratchet.registry import open_registry
     from ratchet.workspace import open_workspace
 
     ws = open_workspace(args.workspace)
@@ -262,7 +265,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from ratchet.cycle import open_registry
+    from ratchet.registry import open_registry
     from ratchet.workspace import open_workspace
 
     ws = open_workspace(args.workspace)

@@ -13,53 +13,15 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ratchet.atomic import write_text
 from ratchet.config import Params
 from ratchet.data import catalog, versioning
-from ratchet.errors import InputError
 from ratchet.ledger import BatchState, batch_states
+from ratchet.registry import Registry, open_registry
+from ratchet.stages.inputs import Cycle, code_version
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
-
-if TYPE_CHECKING:  # the registry imports mlflow: loaded only when a command needs it
-    from ratchet.registry import Registry
-
-PREPARED = "prepared"
-CANDIDATE = "candidate"
-EVAL = "eval"
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """What a cycle trains on and from: committed as cycle.json, the input `dvc repro` replays."""
-
-    cycle_id: str
-    new_batches: tuple[str, ...]  # trained on now; their held-out data is "new"
-    old_batches: tuple[str, ...]  # everything the parent learned; their held-out data is "old"
-    parent_version: str | None  # registry version fine-tuned from; None bootstraps from scratch
-    strategy: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @staticmethod
-    def load(path: Path) -> Cycle:
-        if not path.is_file():
-            raise InputError(f"no cycle to reproduce: {path} is missing (run `ratchet retrain` first)")
-        raw = json.loads(path.read_text())
-        return Cycle(
-            cycle_id=str(raw["cycle_id"]),
-            new_batches=tuple(raw["new_batches"]),
-            old_batches=tuple(raw["old_batches"]),
-            parent_version=raw["parent_version"],
-            strategy=str(raw["strategy"]),
-        )
-
-    def save(self, path: Path) -> None:
-        write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
 
 
 def make_cycle(
@@ -81,14 +43,8 @@ def make_cycle(
         old_batches=tuple(old_batches),
         parent_version=parent,
         strategy=strategy,
+        code=code_version(),
     )
-
-
-def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
-    from ratchet.registry import Registry
-
-    p = params or ws.params()
-    return Registry(ws, p.registry.model_name, p.registry.experiment)
 
 
 def ledger(ws: Workspace, registry: Registry) -> list[BatchState]:
@@ -130,12 +86,36 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
         params,
         {s.batch_id: s.retry_of for s in pending if s.retry_of is not None},
     )
-    cycle.save(ws.cycle_path)
+    if ws.upgrade_pipeline():
+        print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
+    cycle.save(ws.stage_paths().cycle)
     return cycle
 
 
-def stage_dir(ws: Workspace, name: str) -> Path:
-    return ws.artifacts / name
+# The stages, with the paths dvc.yaml names and this workspace's params. Imported when run: they
+# import torch, which `ratchet status` never needs.
+
+
+def run_prepare(ws: Workspace) -> None:
+    from ratchet.stages import prepare
+
+    paths, params = ws.stage_paths(), ws.params()
+    fetch = open_registry(ws, params).download_checkpoint
+    prepare.run(paths.cycle, paths.data, paths.prepared, params, fetch)
+
+
+def run_train(ws: Workspace) -> None:
+    from ratchet.stages import train
+
+    paths = ws.stage_paths()
+    train.run(paths.prepared, paths.candidate, ws.params())
+
+
+def run_evaluate(ws: Workspace) -> None:
+    from ratchet.stages import evaluate
+
+    paths = ws.stage_paths()
+    evaluate.run(paths.prepared, paths.candidate, paths.eval, ws.params())
 
 
 @dataclass(frozen=True)
@@ -160,20 +140,21 @@ class Outcome:
 def record(ws: Workspace, cycle: Cycle) -> Any:
     """Commit the cycle (cycle.json, dvc.lock, report) and register the candidate with its lineage."""
     from ratchet.registry import CandidateRecord
+    from ratchet.stages import evaluate, train
 
     params = ws.params()
+    paths = ws.stage_paths()
     # dvc commit records the stage outputs this process just produced in dvc.lock,
     # exactly as `dvc repro` would have: the lock then names this candidate's inputs and outputs
     versioning.dvc(ws.root, "commit", "-f", "-q")
-    eval_dir = stage_dir(ws, EVAL)
     commit = versioning.commit(
         ws.root,
-        ["cycle.json", "dvc.lock", "artifacts"],
+        [str(p.relative_to(ws.root)) for p in paths.committed()] + ["dvc.yaml", "dvc.lock"],
         f"cycle {cycle.cycle_id}: candidate for {', '.join(cycle.new_batches)}",
     )
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
-    decision = json.loads((eval_dir / "decision.json").read_text())
-    history = json.loads((stage_dir(ws, CANDIDATE) / "history.json").read_text())
+    metrics = json.loads((paths.eval / evaluate.METRICS).read_text())
+    decision = json.loads((paths.eval / evaluate.DECISION).read_text())
+    history = json.loads((paths.candidate / train.HISTORY).read_text())
     rec = CandidateRecord(
         cycle_id=cycle.cycle_id,
         parent_version=cycle.parent_version,
@@ -189,8 +170,8 @@ def record(ws: Workspace, cycle: Cycle) -> Any:
         promote=bool(decision["promote"]),
         reasons=tuple(decision["reasons"]),
         summary=str(decision["summary"]),
-        checkpoint_dir=stage_dir(ws, CANDIDATE) / "checkpoint",
-        report_files=[eval_dir / "report.md", eval_dir / "metrics.json", eval_dir / "decision.json"],
+        checkpoint_dir=paths.candidate / train.CHECKPOINT,
+        report_files=[paths.eval / name for name in (evaluate.REPORT, evaluate.METRICS, evaluate.DECISION)],
     )
     return open_registry(ws, params).log_candidate(rec)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ratchet.cli import fmt_accuracy, ingest_into, run_retrain
-from ratchet.cycle import ledger, open_registry
+from ratchet.cycle import ledger
 from ratchet.data.digits import digits_stream
+from ratchet.registry import open_registry
 from ratchet.workspace import init_workspace
 
 

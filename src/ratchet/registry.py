@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ratchet
+from ratchet.config import Params
 from ratchet.errors import RatchetError
 from ratchet.ledger import BatchMark, Decided
 from ratchet.report import accuracy
@@ -369,3 +370,9 @@ def _signature(checkpoint_dir: Path) -> Any:
             [ColSpec("string", "label"), ColSpec("long", "class_index"), ColSpec("float", "confidence")]
         ),
     )
+
+
+def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
+    """The workspace's registry, where its params.yaml says."""
+    p = params or ws.params()
+    return Registry(ws, p.registry.model_name, p.registry.experiment)

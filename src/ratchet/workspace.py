@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +16,26 @@ from ratchet.config import Params, load_params
 from ratchet.errors import InputError, RatchetError
 
 TEMPLATES = ("params.yaml", "dvc.yaml")
+PIPELINE = "dvc.yaml"
+# dvc.yaml as earlier releases wrote it (sha256): ratchet owns the file, so a workspace that still
+# has one of these is upgraded to today's template; a hand-edited one is left alone
+LEGACY_PIPELINES = frozenset({"193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4"})
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """The stages' inputs and outputs, as dvc.yaml passes them on the stage command lines."""
+
+    cycle: Path  # cycle.json: what the next `dvc repro` trains on and from
+    data: Path
+    prepared: Path
+    candidate: Path
+    eval: Path
+
+    def committed(self) -> list[Path]:
+        """What a cycle commits to git besides dvc.yaml and dvc.lock: cycle.json and the folders
+        holding the stage outputs (DVC's .gitignore keeps the cached ones out)."""
+        return [self.cycle, *sorted({p.parent for p in (self.prepared, self.candidate, self.eval)})]
 
 
 @dataclass(frozen=True)
@@ -27,14 +49,6 @@ class Workspace:
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
-
-    @property
-    def cycle_path(self) -> Path:
-        return self.root / "cycle.json"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.root / "artifacts"
 
     @property
     def mlruns(self) -> Path:
@@ -54,6 +68,40 @@ class Workspace:
 
     def params(self) -> Params:
         return load_params(self.params_path)
+
+    def stage_paths(self) -> StagePaths:
+        """Read from dvc.yaml, the one place that names them."""
+        import yaml  # lazy: the training core is importable with torch alone
+
+        pipeline = self.root / PIPELINE
+        try:
+            stages = yaml.safe_load(pipeline.read_text())["stages"]
+            args = {name: _stage_args(stages[name]["cmd"], name) for name in ("prepare", "train", "evaluate")}
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"{pipeline} does not name the stages' paths as this ratchet expects ({exc}): "
+                f"compare it with `ratchet init` output in an empty directory"
+            ) from None
+        if (args["prepare"][2], args["prepare"][2]) != (args["train"][0], args["evaluate"][0]) or (
+            args["train"][1] != args["evaluate"][1]
+        ):
+            raise InputError(f"{pipeline}: the stages do not pass their outputs on to each other")
+        cycle, data, prepared = args["prepare"]
+        candidate, evaluated = args["train"][1], args["evaluate"][2]
+        return StagePaths(*(self.root / p for p in (cycle, data, prepared, candidate, evaluated)))
+
+    def upgrade_pipeline(self) -> bool:
+        """Replace a dvc.yaml an earlier release wrote with today's; True if it did."""
+        from ratchet.atomic import write_text
+
+        pipeline = self.root / PIPELINE
+        if (
+            not pipeline.is_file()
+            or hashlib.sha256(pipeline.read_bytes()).hexdigest() not in LEGACY_PIPELINES
+        ):
+            return False
+        write_text(pipeline, template(PIPELINE))
+        return True
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -78,6 +126,16 @@ def open_workspace(path: Path) -> Workspace:
     if not (root / "params.yaml").is_file() or not (root / ".dvc").is_dir():
         raise InputError(f"not a ratchet workspace: {path} (create one with `ratchet init {path}`)")
     return Workspace(root)
+
+
+def _stage_args(cmd: str, stage: str) -> list[str]:
+    """`python -m ratchet.stages.train A B` -> ["A", "B"], checking the count."""
+    words = shlex.split(cmd)
+    args = words[words.index(f"ratchet.stages.{stage}") + 1 :]
+    expected = 3 if stage in ("prepare", "evaluate") else 2
+    if len(args) != expected:
+        raise ValueError(f"stage {stage} passes {len(args)} paths, not {expected}")
+    return args
 
 
 def template(name: str) -> str:
@@ -107,6 +165,8 @@ def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace
                 text = text.replace("model_name: ratchet-classifier", f"model_name: {model_name}")
             write_text(target, text)
             created.append(name)
+    if ws.upgrade_pipeline():
+        created.append("dvc.yaml (upgraded from an earlier release's)")
     ignore = root / ".gitignore"
     current = ignore.read_text().splitlines() if ignore.exists() else []
     missing = [ln for ln in template("gitignore").splitlines() if ln and ln not in current]

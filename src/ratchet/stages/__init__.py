@@ -1,1 +1,2 @@
-"""`python -m ratchet.stages.X WORKSPACE`: the dvc.yaml stages; the retrain flow calls the same `run`."""
+"""The dvc.yaml stages, `python -m ratchet.stages.X PATH...` from the workspace root; dvc.yaml names
+every path, and the retrain flow calls the same `run` with the paths it reads from there."""

@@ -1,4 +1,5 @@
-"""What every stage entry point shares: argv is the workspace path, errors are one line."""
+"""What every stage entry point shares: paths come on argv (dvc.yaml names them), params from
+params.yaml in the working directory (where DVC reads the params it tracks), errors are one line."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ratchet.config import Params, load_params
 from ratchet.errors import RatchetError
-from ratchet.workspace import Workspace, open_workspace
+
+PARAMS_FILE = Path("params.yaml")
 
 
-def stage_main(name: str, run: Callable[[Workspace], object], argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m ratchet.stages.{name}")
-    parser.add_argument("workspace", type=Path, help="the workspace root (dvc.yaml runs it with '.')")
+def stage_main(
+    name: str, paths: list[str], run: Callable[[list[Path], Params], object], argv: list[str] | None
+) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m ratchet.stages.{name}", description="run from the workspace root, as dvc.yaml does"
+    )
+    for path in paths:
+        parser.add_argument(path, type=Path)
     args = parser.parse_args(argv)
     try:
-        run(open_workspace(args.workspace))
+        run([getattr(args, p) for p in paths], load_params(PARAMS_FILE))
     except RatchetError as exc:
         print(f"ratchet {name}: error: {exc}", file=sys.stderr)
         return exc.exit_code

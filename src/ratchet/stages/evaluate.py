@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ratchet.atomic import write_text
-from ratchet.cycle import CANDIDATE, EVAL, PREPARED, Cycle, stage_dir
+from ratchet.config import Params
 from ratchet.evaluate import ModelMetrics, held_out, model_metrics
 from ratchet.gate import Decision, GateInput, decide
 from ratchet.report import decision_report
+from ratchet.stages import prepare, train
 from ratchet.stages._common import fresh_dir, load_arrays, stage_main
+from ratchet.stages.inputs import Cycle
 from ratchet.train.checkpoint import load_checkpoint
-from ratchet.workspace import Workspace
+
+# what the output directory holds (dvc.yaml names each: they are small and stay in git)
+METRICS = "metrics.json"  # both models' accuracy per split and class, and the gate's numbers
+DECISION = "decision.json"  # promote, the reasons and a one-line summary
+REPORT = "report.md"  # what a reviewer reads
 
 
 @dataclass(frozen=True)
@@ -24,16 +31,14 @@ class Evaluation:
     decision: Decision
 
 
-def run(ws: Workspace) -> Evaluation:
-    params = ws.params()
-    prepared = stage_dir(ws, PREPARED)
-    cycle = Cycle.load(prepared / "cycle.json")
-    candidate = load_checkpoint(stage_dir(ws, CANDIDATE) / "checkpoint")
-    parent = prepared / "parent"
+def run(prepared: Path, candidate_dir: Path, out: Path, params: Params) -> Evaluation:
+    cycle = Cycle.load(prepared / prepare.CYCLE)
+    candidate = load_checkpoint(candidate_dir / train.CHECKPOINT)
+    parent = prepared / prepare.PARENT
     champion = load_checkpoint(parent) if parent.is_dir() else None
     # each model predicts each held-out set once; metrics and gate both read these predictions
-    old = held_out(candidate, champion, *load_arrays(prepared / "old.npz"))
-    new = held_out(candidate, champion, *load_arrays(prepared / "new.npz"))
+    old = held_out(candidate, champion, *load_arrays(prepared / prepare.OLD))
+    new = held_out(candidate, champion, *load_arrays(prepared / prepare.NEW))
     known = champion.spec.classes if champion is not None else ()
     gate_input = GateInput(
         known_classes=known,
@@ -59,16 +64,21 @@ def run(ws: Workspace) -> Evaluation:
         "reasons": list(decision.reasons),
         "summary": decision.summary(),
     }
-    with fresh_dir(stage_dir(ws, EVAL)) as tmp:
-        write_text(tmp / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-        write_text(tmp / "decision.json", json.dumps(decision_json, indent=1) + "\n")
-        write_text(tmp / "report.md", decision_report(cycle.to_json(), metrics, decision))
+    with fresh_dir(out) as tmp:
+        write_text(tmp / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        write_text(tmp / DECISION, json.dumps(decision_json, indent=1) + "\n")
+        write_text(tmp / REPORT, decision_report(cycle.to_json(), metrics, decision))
     print(decision.summary(), flush=True)
     return Evaluation(candidate=cand_metrics, champion=champ_metrics, decision=decision)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("evaluate", run, argv)
+    return stage_main(
+        "evaluate",
+        ["prepared", "candidate", "out"],
+        lambda p, params: run(p[0], p[1], p[2], params),
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""Stage train: fine-tune the parent (or bootstrap) on the prepared data into artifacts/candidate."""
+"""Stage train: fine-tune the parent (or bootstrap) on the prepared data into a candidate directory."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ratchet.atomic import write_text
 from ratchet.config import Params
-from ratchet.cycle import CANDIDATE, PREPARED, Cycle, stage_dir
+from ratchet.stages import prepare
 from ratchet.stages._common import fresh_dir, load_arrays, stage_main
+from ratchet.stages.inputs import Cycle
 from ratchet.train.checkpoint import load_checkpoint, save_checkpoint
 from ratchet.train.loop import EpochStats, FitResult, fit
 from ratchet.train.model import ModelSpec
-from ratchet.workspace import Workspace
+
+# what the output directory holds
+CHECKPOINT = "checkpoint"  # the candidate: weights, spec, memory, strategy state
+HISTORY = "history.json"  # per epoch: loss and training accuracy (no timings: it must hash the same)
 
 
 def print_epoch(stats: EpochStats) -> None:
@@ -37,23 +42,28 @@ def initial_spec(params: Params) -> ModelSpec:
     )
 
 
-def run(ws: Workspace) -> FitResult:
-    params = ws.params()
-    prepared = stage_dir(ws, PREPARED)
-    cycle = Cycle.load(prepared / "cycle.json")
-    images, labels = load_arrays(prepared / "train.npz")
-    parent = prepared / "parent"
+def run(prepared: Path, out: Path, params: Params) -> FitResult:
+    cycle = Cycle.load(prepared / prepare.CYCLE)
+    images, labels = load_arrays(prepared / prepare.TRAIN)
+    parent = prepared / prepare.PARENT
     start = load_checkpoint(parent) if parent.is_dir() else None
-    initial = initial_spec(params)
+    pretrained = prepared / prepare.PRETRAINED
     origin = f"version {cycle.parent_version}" if start else "scratch"
     print(f"training {len(labels)} samples from {origin} with {cycle.strategy}", flush=True)
     train = dataclasses.replace(params.train, strategy=cycle.strategy)  # a retrain may override it
-    result = fit(start, initial, images, labels, train, print_epoch, params.model.pretrained)
-    with fresh_dir(stage_dir(ws, CANDIDATE)) as tmp:
-        save_checkpoint(tmp / "checkpoint", result.checkpoint)
-        # no timings here: the output must hash the same when `dvc repro` repeats the run
+    result = fit(
+        start,
+        initial_spec(params),
+        images,
+        labels,
+        train,
+        print_epoch,
+        str(pretrained) if pretrained.is_file() else None,
+    )
+    with fresh_dir(out) as tmp:
+        save_checkpoint(tmp / CHECKPOINT, result.checkpoint)
         history = [{"epoch": s.epoch, "loss": s.loss, "accuracy": s.accuracy} for s in result.history]
-        write_text(tmp / "history.json", json.dumps(history, indent=1) + "\n")
+        write_text(tmp / HISTORY, json.dumps(history, indent=1) + "\n")
     print(
         f"trained on {result.device}: {result.images_processed} images in {result.seconds:.1f}s "
         f"({result.images_processed / max(result.seconds, 1e-9):.0f} images/s)",
@@ -63,7 +73,7 @@ def run(ws: Workspace) -> FitResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("train", run, argv)
+    return stage_main("train", ["prepared", "out"], lambda p, params: run(p[0], p[1], params), argv)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ sample, the outputs the model gave it, and pulls today's outputs on it towards t
 
 A sample enters the memory at the end of the cycle that trained on it, so its outputs are recorded
 then, by that cycle's candidate. They are found again by the sample's bytes, because the memory
-subsamples and reorders itself. Outputs recorded before the head grew cover fewer classes: the
-missing entries are NaN and take no part in the MSE. Kept between cycles as derpp.pt:
+subsamples and reorders itself. Outputs recorded before the head grew cover fewer classes (stored
+as NaN). As a target, a class added since scores the row's lowest recorded output: the model did
+not know it, so it was no likelier than the least likely class it knew. (DER++ proper records a
+fixed head whose unseen classes the loss already pushed down; a growing head has no such output,
+and leaving it free lets the new classes take the old samples.) Kept between cycles as derpp.pt:
 stored.digests (N, 16) uint8 and stored.logits (N, K) float32.
 """
 
@@ -41,15 +44,21 @@ class DerPlusPlus(Strategy):
             stored = previous["stored"]
             for digest, row in zip(stored["digests"].numpy(), stored["logits"], strict=True):
                 self.recorded[digest.tobytes()] = row
-        self.targets = self._table(_digests(run.memory.images), run.spec.num_classes).to(run.device)
+        self.targets = self._table(_digests(run.memory.images), run.spec.num_classes, fill=True).to(
+            run.device
+        )
 
-    def _table(self, digests: list[bytes], num_classes: int) -> torch.Tensor:
-        """Recorded outputs per memory row, NaN where none (or for classes added since)."""
+    def _table(self, digests: list[bytes], num_classes: int, fill: bool) -> torch.Tensor:
+        """Recorded outputs per memory row, NaN where none; classes added since are NaN too, or the
+        row's lowest recorded output with `fill`."""
         table = torch.full((len(digests), num_classes), float("nan"))
         for i, digest in enumerate(digests):
             row = self.recorded.get(digest)
             if row is not None:
-                table[i, : len(row)] = row
+                known = row[~torch.isnan(row)]
+                table[i, : len(known)] = known
+                if fill:
+                    table[i, len(known) :] = known.min()
         return table
 
     def data_loss(self, step: Step) -> torch.Tensor | None:
@@ -68,7 +77,7 @@ class DerPlusPlus(Strategy):
 
     def finish(self, run: Run, generator: torch.Generator, memory: ReplayMemory) -> StrategyState:
         digests = _digests(memory.images)
-        table = self._table(digests, run.spec.num_classes)
+        table = self._table(digests, run.spec.num_classes, fill=False)
         fresh = [i for i, digest in enumerate(digests) if digest not in self.recorded]
         with torch.no_grad():
             for start in range(0, len(fresh), 1024):
