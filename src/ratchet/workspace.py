@@ -6,14 +6,19 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from ratchet.config import Params, load_params
+from ratchet.config import (
+    Params,
+    check_params,
+    load_params,
+    render_params,
+)
 from ratchet.errors import InputError, RatchetError
 
-TEMPLATES = ("params.yaml", "dvc.yaml")
+TEMPLATES = ("dvc.yaml",)  # params.yaml is rendered from ratchet.config
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,15 @@ def template(name: str) -> str:
     return resources.files("ratchet.templates").joinpath(name).read_text()
 
 
+def _new_params(model_name: str | None) -> Params:
+    """The defaults with what `ratchet init` was told, range-checked."""
+    params = Params()
+    if model_name:
+        params = replace(params, registry=replace(params.registry, model_name=model_name))
+    check_params(params)
+    return params
+
+
 def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace, list[str]]:
     """Create or complete a workspace; returns what was created. Safe to run again."""
     from ratchet.atomic import write_text
@@ -99,13 +113,13 @@ def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace
     versioning.ensure_repos(root, ws.dvc_remote)
     if not had_git:
         created.append("git repository")
+    if not ws.params_path.exists():
+        write_text(ws.params_path, render_params(_new_params(model_name)))
+        created.append("params.yaml")
     for name in TEMPLATES:
         target = root / name
         if not target.exists():
-            text = template(name)
-            if name == "params.yaml" and model_name:
-                text = text.replace("model_name: ratchet-classifier", f"model_name: {model_name}")
-            write_text(target, text)
+            write_text(target, template(name))
             created.append(name)
     ignore = root / ".gitignore"
     current = ignore.read_text().splitlines() if ignore.exists() else []
