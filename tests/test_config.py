@@ -18,6 +18,7 @@ from ratchet.config import (
     Params,
     RegistryParams,
     TrainParams,
+    complete_params,
     load_params,
     parse_params,
     render_params,
@@ -376,3 +377,73 @@ def test_digest_changes_when_a_value_changes() -> None:
     r2 = raw()
     r2["gate"]["min_accuracy"] = 0.61
     assert len({base.digest(), changed.digest(), parse_params(r2).digest()}) == 3
+
+
+# ---- completing an existing file ---------------------------------------------------------------
+
+
+def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> None:
+    # given an old file lacking two keys, with a user-changed value and a user comment
+    text = without(SCHEMA1, "seed", "max_label_gap_pt")
+    text = text.replace("  num_epochs: 12", "  num_epochs: 3   # we have little time")
+    # when completed
+    new, added = complete_params(text)
+    # then exactly the missing keys are added, each at the end of its section with its comment
+    assert added == [
+        "schema",
+        "registry.tracking_uri",
+        "registry.registry_uri",
+        "train.seed",
+        "gate.max_label_gap_pt",
+    ]
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    inserted = [line for line in new_lines if line not in old_lines]
+    assert [line.split(":")[0].strip() for line in inserted if not line.lstrip().startswith("#")] == [
+        "schema",
+        "tracking_uri",
+        "registry_uri",
+        "seed",
+        "max_label_gap_pt",
+    ]
+    it = iter(new_lines)
+    assert all(line in it for line in old_lines)  # every old line kept, in order
+
+    def at(prefix: str) -> int:
+        return next(i for i, line in enumerate(new_lines) if line.startswith(prefix))
+
+    assert at("  loader_workers: 2") < at("  seed: 0 ") < at("gate:")
+    assert "# seeds the initial weights" in new_lines[at("  seed: 0 ")]
+    assert new_lines[new_lines.index("registry:") - 1] == "schema: 2"
+    p = parse_params(yaml.safe_load(new))
+    assert p.train.num_epochs == 3 and p.train.seed == 0
+    # and completing again adds nothing
+    assert complete_params(new) == (new, [])
+
+
+def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
+    text = "schema: 1\n" + without_section(SCHEMA1, "gate")
+    new, added = complete_params(text)
+    assert added == ["schema", "registry.tracking_uri", "registry.registry_uri", "gate"]
+    assert new.startswith("schema: 2\n")
+    assert new.endswith(render_params()[render_params().index("gate:") :])
+
+
+def test_complete_follows_the_file_s_indentation() -> None:
+    text = "schema: 2\ntrain:\n    lr: 0.004\n\n# the gate\ngate:\n    alpha: 0.01\n"
+    new, added = complete_params(text)
+    assert "train.seed" in added and "gate.min_accuracy" in added and "registry" in added
+    assert "\n    seed: 0 " in new and "\n  seed" not in new
+    # the train keys go before the blank line and the comment that belong to the gate
+    assert new.index("    loader_workers") < new.index("# the gate")
+    p = parse_params(yaml.safe_load(new))
+    assert p.train.lr == pytest.approx(0.004) and p.gate.alpha == pytest.approx(0.01)
+
+
+def test_complete_refuses_a_section_it_cannot_add_lines_to() -> None:
+    with pytest.raises(InputError, match="train.seed"):
+        complete_params("train: {lr: 0.004}\n")
+
+
+def test_complete_refuses_a_broken_file_without_adding_anything() -> None:
+    with pytest.raises(InputError, match="train.lrr"):
+        complete_params(without(SCHEMA1, "seed").replace("  lr:", "  lrr:"))

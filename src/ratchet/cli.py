@@ -38,10 +38,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ratchet.cycle import open_registry
     from ratchet.workspace import init_workspace
 
-    ws, created = init_workspace(args.directory, model_name=args.model_name)
+    ws, done = init_workspace(args.directory, model_name=args.model_name)
     open_registry(ws).ensure_store()
-    what = ", ".join(created) if created else "nothing (already a workspace)"
-    print(f"workspace {ws.root}: created {what}")
+    print(f"workspace {ws.root}: {'; '.join(done) if done else 'created nothing (already a workspace)'}")
     return 0
 
 
@@ -315,7 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
             "-w", "--workspace", type=Path, default=Path("."), help="workspace directory (default: .)"
         )
 
-    p = sub.add_parser("init", help="create a workspace (git, DVC with a local remote, params, MLflow store)")
+    p = sub.add_parser(
+        "init",
+        help="create a workspace (git, DVC with a local remote, params, MLflow store)",
+        description="Create a workspace, or complete an existing one: keys its params.yaml lacks are "
+        "added with their defaults and comments, and nothing else in it changes.",
+    )
     p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: .)")
     p.add_argument("--model-name", help="registered model name to write into a new params.yaml")
     p.set_defaults(func=cmd_init)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import textwrap
 import types
 import typing
@@ -443,7 +444,10 @@ def load_params(path: Path) -> Params:
 
 # ---- writing ---------------------------------------------------------------------------------
 
-HEADER = "# Every tunable of this workspace. A key left out takes ratchet's default.\n"
+HEADER = (
+    "# Every tunable of this workspace. A key left out takes ratchet's default; `ratchet init` adds\n"
+    "# the missing ones with their comments and leaves the values and comments here alone.\n"
+)
 _INDENT = "  "
 _COMMENT_COLUMN = 35  # where `# ...` starts on a key's line (for the default two-space indent)
 _WIDTH = 110
@@ -492,3 +496,100 @@ def render_params(params: Params | None = None) -> str:
     for field in dataclasses.fields(params):
         lines += _section_lines(field, getattr(params, field.name))
     return "\n".join(lines) + "\n"
+
+
+_TOP_KEY = re.compile(r"(?P<key>[A-Za-z_][\w-]*)\s*:(?P<rest>.*)$")
+_SCHEMA_LINE = re.compile(r"schema\s*:\s*[^#\s]+")
+
+
+def complete_params(text: str, where: str = "params.yaml") -> tuple[str, list[str]]:
+    """Add the keys and sections that `text` lacks, with their defaults and comments; change nothing else.
+
+    Returns the new text and what was added: dotted keys, a section's name for a whole section,
+    "schema" for the schema line (added, or raised from an older schema). Missing keys go at the end
+    of their section, missing sections at the end of the file. Raises InputError when `text` is not
+    valid params, or when its layout (a section in flow style) leaves no line to add a key on.
+    """
+    raw = read_yaml(text, where)
+    before = parse_params(raw)
+    defaults = Params()
+    lines = text.splitlines()
+    tops: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        match = _TOP_KEY.match(line)
+        if match:
+            tops.setdefault(match["key"], i)
+    starts = sorted(tops.values())
+    added: list[str] = []
+    inserts: dict[int, list[str]] = {}  # line index -> lines to insert before it
+    appended: list[str] = []  # whole sections, after everything else
+
+    if "schema" not in raw:
+        at = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+        inserts.setdefault(at, []).append(f"schema: {SCHEMA}")
+        added.append("schema")
+    elif raw["schema"] < SCHEMA:
+        lines[tops["schema"]] = _SCHEMA_LINE.sub(f"schema: {SCHEMA}", lines[tops["schema"]], count=1)
+        added.append("schema")
+
+    for field in dataclasses.fields(Params):
+        name = field.name
+        section_defaults = getattr(defaults, name)
+        if name not in raw:
+            appended += _section_lines(field, section_defaults)
+            added.append(name)
+            continue
+        present = raw[name] or {}
+        missing = [f for f in dataclasses.fields(section_defaults) if f.name not in present]
+        if not missing:
+            continue
+        head = tops[name]
+        match = _TOP_KEY.match(lines[head])
+        assert match is not None
+        rest = match["rest"].strip()
+        if rest and not rest.startswith("#"):
+            raise InputError(
+                f"params: cannot add {', '.join(f'{name}.{f.name}' for f in missing)} to {where}: "
+                f"section {name} is not written one key a line; add them by hand"
+            )
+        following = next((s for s in starts if s > head), len(lines))
+        body = [i for i in range(head + 1, following) if lines[i][:1].isspace() and lines[i].strip()]
+        keys = [lines[i] for i in body if not lines[i].lstrip().startswith("#")]
+        indent = keys[0][: len(keys[0]) - len(keys[0].lstrip())] if keys else _INDENT
+        at = body[-1] + 1 if body else head + 1
+        for f in missing:
+            inserts.setdefault(at, []).extend(
+                _key_lines(f.name, getattr(section_defaults, f.name), f.metadata[_COMMENT], indent)
+            )
+            added.append(f"{name}.{f.name}")
+
+    if not added:
+        return text, []
+    out: list[str] = []
+    for i in range(len(lines) + 1):
+        out += inserts.get(i, [])
+        if i < len(lines):
+            out.append(lines[i])
+    new_text = "\n".join(out + appended) + "\n"
+    _check_complete(new_text, where, before, added)
+    return new_text, added
+
+
+def _check_complete(text: str, where: str, before: Params, added: list[str]) -> None:
+    """The completed text must read as the same params, now with every key written out."""
+    failed = InputError(
+        f"params: could not add {', '.join(added)} to {where} without changing what it says; "
+        "add them by hand (`ratchet init` in an empty directory writes a complete params.yaml)"
+    )
+    try:
+        raw = read_yaml(text, where)
+        after = parse_params(raw)
+    except InputError:
+        raise failed from None
+    complete = raw.get("schema") == SCHEMA and all(
+        isinstance(raw.get(field.name), dict)
+        and all(f.name in raw[field.name] for f in dataclasses.fields(getattr(after, field.name)))
+        for field in dataclasses.fields(after)
+    )
+    if after != before or not complete:
+        raise failed

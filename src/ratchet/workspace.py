@@ -13,6 +13,7 @@ from pathlib import Path
 from ratchet.config import (
     Params,
     check_params,
+    complete_params,
     load_params,
     render_params,
 )
@@ -98,24 +99,38 @@ def _new_params(model_name: str | None) -> Params:
     return params
 
 
+def _params_text(path: Path, model_name: str | None) -> tuple[str, list[str]]:
+    """The params.yaml to write (a new one, or the existing one completed) and the keys it adds."""
+    if not path.exists():
+        return render_params(_new_params(model_name)), []
+    return complete_params(path.read_text(), str(path))
+
+
 def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace, list[str]]:
-    """Create or complete a workspace; returns what was created. Safe to run again."""
+    """Create or complete a workspace; returns what it did, one phrase each. Safe to run again.
+
+    `model_name` goes into a new params.yaml. An existing one keeps its values and comments; keys it
+    lacks are added with their defaults.
+    """
     from ratchet.atomic import write_text
     from ratchet.data import versioning
 
     root = path.resolve()
     if root.exists() and not root.is_dir():
         raise InputError(f"cannot create a workspace at {path}: it is a file")
-    root.mkdir(parents=True, exist_ok=True)
     ws = Workspace(root)
+    params_text, added = _params_text(ws.params_path, model_name)
+    root.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
     had_git = (root / ".git").exists()
     versioning.ensure_repos(root, ws.dvc_remote)
     if not had_git:
         created.append("git repository")
     if not ws.params_path.exists():
-        write_text(ws.params_path, render_params(_new_params(model_name)))
+        write_text(ws.params_path, params_text)
         created.append("params.yaml")
+    elif added:
+        write_text(ws.params_path, params_text)
     for name in TEMPLATES:
         target = root / name
         if not target.exists():
@@ -130,4 +145,7 @@ def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace
     (ws.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     ws.params()  # a hand-edited params.yaml that is broken should fail here, not mid-cycle
     versioning.commit(root, ["params.yaml", "dvc.yaml", ".gitignore", ".dvc"], "ratchet init")
-    return ws, created
+    done = [f"created {', '.join(created)}"] if created else []
+    if added:
+        done.append(f"params.yaml: added {', '.join(added)}")
+    return ws, done
