@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ratchet.cli import build_parser, main
+from ratchet.config import render_params
 from ratchet.data import versioning
 from ratchet.workspace import init_workspace
 
@@ -97,7 +98,7 @@ def test_retrain_with_no_batches_says_so(
     assert "nothing new to train on" in done.stdout
 
 
-# ---- init on an existing workspace ---------------------------------
+# ---- init on an existing workspace, init with the image size ---------------------------------
 
 
 def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
@@ -144,3 +145,54 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
     assert "nothing (already a workspace)" in capsys.readouterr().out
     assert (root / "params.yaml").read_text() == new
     assert versioning.head(root) == head
+
+
+def test_init_with_image_size_and_channels_writes_them_into_a_new_params_yaml(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    ws, done = init_workspace(root, model_name="fashion", image_size=28, channels=3)
+    assert done and done[0].startswith("created ") and "params.yaml" in done[0]
+    p = ws.params()
+    assert (p.data.image_size, p.data.channels, p.registry.model_name) == (28, 3, "fashion")
+    text = ws.params_path.read_text()
+    assert "  image_size: 28 " in text and "  channels: 3 " in text
+    # the rest is the rendered default, comments included
+    default = render_params().splitlines()
+    assert sum(line not in default for line in text.splitlines()) == 3
+    # the same values again are fine
+    init_workspace(root, image_size=28, channels=3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--image-size", "32"], "already uses data.image_size 28; edit params.yaml instead"),
+        (["--channels", "1"], "already uses data.channels 3; edit params.yaml instead"),
+    ],
+)
+def test_init_refuses_another_image_size_for_an_existing_workspace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root, image_size=28, channels=3)
+    before = (root / "params.yaml").read_text()
+    assert main(["init", str(root), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert (root / "params.yaml").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--image-size", "4"], "data.image_size must be at least 8, got 4"),
+        (["--channels", "2"], "data.channels must be 1 or 3, got 2"),
+    ],
+)
+def test_init_refuses_an_invalid_image_size_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    root = tmp_path / "ws"
+    assert main(["init", str(root), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not root.exists()

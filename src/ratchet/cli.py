@@ -38,7 +38,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ratchet.cycle import open_registry
     from ratchet.workspace import init_workspace
 
-    ws, done = init_workspace(args.directory, model_name=args.model_name)
+    ws, done = init_workspace(
+        args.directory, model_name=args.model_name, image_size=args.image_size, channels=args.channels
+    )
     open_registry(ws).ensure_store()
     print(f"workspace {ws.root}: {'; '.join(done) if done else 'created nothing (already a workspace)'}")
     return 0
@@ -322,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: .)")
     p.add_argument("--model-name", help="registered model name to write into a new params.yaml")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="data.image_size for a new params.yaml: images are resized to NxN (default 8, sized for the "
+        "digits demo; at least 8)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        metavar="C",
+        help="data.channels for a new params.yaml: 1 (grayscale, the default) or 3 (RGB)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("ingest", help="validate, split and version a new labelled batch")

@@ -15,6 +15,8 @@ from ratchet.config import (
     check_params,
     complete_params,
     load_params,
+    parse_params,
+    read_yaml,
     render_params,
 )
 from ratchet.errors import InputError, RatchetError
@@ -90,27 +92,50 @@ def template(name: str) -> str:
     return resources.files("ratchet.templates").joinpath(name).read_text()
 
 
-def _new_params(model_name: str | None) -> Params:
+def _new_params(model_name: str | None, image_size: int | None, channels: int | None) -> Params:
     """The defaults with what `ratchet init` was told, range-checked."""
     params = Params()
     if model_name:
         params = replace(params, registry=replace(params.registry, model_name=model_name))
+    if image_size is not None:
+        params = replace(params, data=replace(params.data, image_size=image_size))
+    if channels is not None:
+        params = replace(params, data=replace(params.data, channels=channels))
     check_params(params)
     return params
 
 
-def _params_text(path: Path, model_name: str | None) -> tuple[str, list[str]]:
+def _params_text(
+    path: Path, model_name: str | None, image_size: int | None, channels: int | None
+) -> tuple[str, list[str]]:
     """The params.yaml to write (a new one, or the existing one completed) and the keys it adds."""
     if not path.exists():
-        return render_params(_new_params(model_name)), []
-    return complete_params(path.read_text(), str(path))
+        return render_params(_new_params(model_name, image_size, channels)), []
+    text, added = complete_params(path.read_text(), str(path))
+    data = parse_params(read_yaml(text, str(path))).data
+    for flag, key, wanted in (
+        ("--image-size", "image_size", image_size),
+        ("--channels", "channels", channels),
+    ):
+        current = getattr(data, key)
+        if wanted is not None and wanted != current:
+            raise InputError(
+                f"{flag} {wanted}: the workspace already uses data.{key} {current}; edit {path.name} instead"
+            )
+    return text, added
 
 
-def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace, list[str]]:
+def init_workspace(
+    path: Path,
+    model_name: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> tuple[Workspace, list[str]]:
     """Create or complete a workspace; returns what it did, one phrase each. Safe to run again.
 
-    `model_name` goes into a new params.yaml. An existing one keeps its values and comments; keys it
-    lacks are added with their defaults.
+    `model_name`, `image_size` and `channels` go into a new params.yaml. An existing one keeps its
+    values and comments; keys it lacks are added with their defaults, and an `image_size` or
+    `channels` other than its own is an error.
     """
     from ratchet.atomic import write_text
     from ratchet.data import versioning
@@ -119,7 +144,7 @@ def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace
     if root.exists() and not root.is_dir():
         raise InputError(f"cannot create a workspace at {path}: it is a file")
     ws = Workspace(root)
-    params_text, added = _params_text(ws.params_path, model_name)
+    params_text, added = _params_text(ws.params_path, model_name, image_size, channels)
     root.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
     had_git = (root / ".git").exists()
