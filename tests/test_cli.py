@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from ratchet.cli import build_parser, main
+from ratchet.config import render_params
 from ratchet.data import versioning
 from ratchet.workspace import init_workspace
+
+SCHEMA1 = (Path(__file__).parent / "fixtures" / "params-schema1.yaml").read_text()
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
 COMMANDS = ["init", "ingest", "retrain", "status", "requeue", "drop", "rollback", "demo", "reference-data"]
@@ -93,3 +96,103 @@ def test_retrain_with_no_batches_says_so(
     done = run_ratchet("retrain", "-w", str(workspace), api_url=prefect_server)
     assert done.returncode == 0, done.stderr
     assert "nothing new to train on" in done.stdout
+
+
+# ---- init on an existing workspace, init with the image size ---------------------------------
+
+
+def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a workspace whose params.yaml is an older one lacking train.seed and gate.min_accuracy,
+    # with a value and a comment of the user's
+    root = tmp_path / "ws"
+    init_workspace(root)
+    lines = [ln for ln in SCHEMA1.splitlines() if not ln.startswith(("  seed:", "  min_accuracy:"))]
+    lines[lines.index("  num_epochs: 12")] = "  num_epochs: 3   # our data is small"
+    lines.insert(lines.index("gate:") + 1, "  # tuned on the March batches")
+    old = "\n".join(lines) + "\n"
+    (root / "params.yaml").write_text(old)
+    versioning.commit(root, ["params.yaml"], "our params")
+    head = versioning.head(root)
+
+    # when init runs on it
+    assert main(["init", str(root)]) == 0
+
+    # then it says which keys it added, and added exactly those
+    out = capsys.readouterr().out
+    added = "schema, registry.tracking_uri, registry.registry_uri, train.seed, gate.min_accuracy"
+    assert f"params.yaml: added {added}" in out
+    new = (root / "params.yaml").read_text()
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    it = iter(new_lines)
+    assert all(line in it for line in old_lines)  # the user's lines are all there, in order, unchanged
+    keys = [
+        ln.split(":")[0].strip()
+        for ln in new_lines
+        if ln not in old_lines and not ln.lstrip().startswith("#")
+    ]
+    assert keys == ["schema", "tracking_uri", "registry_uri", "seed", "min_accuracy"]
+    params = init_workspace(root)[0].params()
+    assert params.train.num_epochs == 3 and params.train.seed == 0 and params.gate.min_accuracy == 0.6
+    # committed
+    assert versioning.head(root) != head
+    assert versioning.git(root, "status", "--porcelain", "params.yaml") == ""
+
+    # and a second init adds nothing
+    head = versioning.head(root)
+    assert main(["init", str(root)]) == 0
+    assert "nothing (already a workspace)" in capsys.readouterr().out
+    assert (root / "params.yaml").read_text() == new
+    assert versioning.head(root) == head
+
+
+def test_init_with_image_size_and_channels_writes_them_into_a_new_params_yaml(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    ws, done = init_workspace(root, model_name="fashion", image_size=28, channels=3)
+    assert done and done[0].startswith("created ") and "params.yaml" in done[0]
+    p = ws.params()
+    assert (p.data.image_size, p.data.channels, p.registry.model_name) == (28, 3, "fashion")
+    text = ws.params_path.read_text()
+    assert "  image_size: 28 " in text and "  channels: 3 " in text
+    # the rest is the rendered default, comments included
+    default = render_params().splitlines()
+    assert sum(line not in default for line in text.splitlines()) == 3
+    # the same values again are fine
+    init_workspace(root, image_size=28, channels=3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--image-size", "32"], "already uses data.image_size 28; edit params.yaml instead"),
+        (["--channels", "1"], "already uses data.channels 3; edit params.yaml instead"),
+    ],
+)
+def test_init_refuses_another_image_size_for_an_existing_workspace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    root = tmp_path / "ws"
+    init_workspace(root, image_size=28, channels=3)
+    before = (root / "params.yaml").read_text()
+    assert main(["init", str(root), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert (root / "params.yaml").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--image-size", "4"], "data.image_size must be at least 8, got 4"),
+        (["--channels", "2"], "data.channels must be 1 or 3, got 2"),
+    ],
+)
+def test_init_refuses_an_invalid_image_size_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    root = tmp_path / "ws"
+    assert main(["init", str(root), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not root.exists()

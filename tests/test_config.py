@@ -1,4 +1,4 @@
-"""Strict params: every problem is one InputError line (exit code 2) that names the dotted key."""
+"""Params: defaults for what a file leaves out, and every problem one InputError line naming the key."""
 
 from __future__ import annotations
 
@@ -10,13 +10,26 @@ from typing import Any
 import pytest
 import yaml
 
-from ratchet.config import Params, TrainParams, load_params, parse_params
+from ratchet.config import (
+    SCHEMA,
+    DataParams,
+    GateParams,
+    Params,
+    RegistryParams,
+    TrainParams,
+    complete_params,
+    load_params,
+    parse_params,
+    render_params,
+)
 from ratchet.errors import InputError
 from ratchet.train import strategies
-from ratchet.workspace import template
 
-TEMPLATE = template("params.yaml")
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = render_params()
 RAW: dict[str, Any] = yaml.safe_load(TEMPLATE)
+# params.yaml as the release before `schema` wrote it: every key, no schema line
+SCHEMA1 = (Path(__file__).parent / "fixtures" / "params-schema1.yaml").read_text()
 
 
 def raw() -> dict[str, Any]:
@@ -39,11 +52,85 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def without(text: str, *keys: str) -> str:
+    """`text` without the lines of these keys (and their comment continuation lines)."""
+    out: list[str] = []
+    dropping = False
+    for line in text.splitlines():
+        key = line.strip().split(":")[0]
+        if line.startswith("  ") and not line.strip().startswith("#"):
+            dropping = key in keys
+        elif not line.startswith(" "):
+            dropping = False
+        if not dropping:
+            out.append(line)
+    assert len(out) < len(text.splitlines())
+    return "\n".join(out) + "\n"
+
+
+def without_section(text: str, name: str) -> str:
+    lines = text.splitlines()
+    start = lines.index(f"{name}:")
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+    return "\n".join(lines[:start] + lines[end:]) + "\n"
+
+
 # ---- the template ----------------------------------------------------------------------------
 
 
+def test_root_params_yaml_is_the_rendered_default() -> None:
+    assert (REPO / "params.yaml").read_text() == render_params()
+
+
+def test_defaults_are_the_values_of_the_previous_release() -> None:
+    # given the last params.yaml without a schema line, every key written out
+    old = parse_params(yaml.safe_load(SCHEMA1))
+    # then the defaults are its values, and the rendered default file reads the same
+    assert old == Params() == parse_params(RAW)
+    assert Params().registry == RegistryParams("ratchet-classifier", "ratchet", None, None)
+    assert old.digest() == Params().digest()
+
+
+def test_every_knob_has_a_default_and_a_comment() -> None:
+    for section in dataclasses.fields(Params):
+        for knob in dataclasses.fields(getattr(Params(), section.name)):
+            assert knob.default is not dataclasses.MISSING, f"{section.name}.{knob.name}"
+            assert len(knob.metadata["comment"]) > 10, f"{section.name}.{knob.name}"
+            # every comment reaches the rendered file
+            assert knob.metadata["comment"].split()[-1] in TEMPLATE
+
+
+def test_rendered_file_starts_with_the_header_then_the_schema() -> None:
+    lines = TEMPLATE.splitlines()
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    assert first > 0 and lines[first] == f"schema: {SCHEMA}" and SCHEMA == 2
+    assert "  tracking_uri: null" in TEMPLATE and "  registry_uri: null" in TEMPLATE
+    # a long comment continues on comment lines in the same column
+    alpha = lines.index(next(line for line in lines if line.startswith("  alpha: 0.05")))
+    assert lines[alpha + 1].lstrip().startswith("# ")
+    assert lines[alpha + 1].index("#") == lines[alpha].index("#")
+    assert max(len(line) for line in lines) <= 110
+
+
+def test_rendered_values_round_trip_even_when_yaml_would_misread_them() -> None:
+    # given values that YAML would read as other types if written bare
+    p = dataclasses.replace(
+        Params(),
+        registry=RegistryParams(model_name="123", experiment="yes: no", tracking_uri="sqlite:///x.db"),
+        data=DataParams(image_size=28, channels=3),
+        train=dataclasses.replace(TrainParams(), lr=1e-05, weight_decay=0.0),
+    )
+    # then the rendered text reads back as exactly these values
+    assert parse_params(yaml.safe_load(render_params(p))) == p
+
+
+def test_rendering_refuses_an_out_of_range_value() -> None:
+    with pytest.raises(InputError, match=r"data\.image_size must be at least 8, got 4"):
+        render_params(dataclasses.replace(Params(), data=DataParams(image_size=4)))
+
+
 def test_template_loads_into_typed_params(tmp_path: Path) -> None:
-    # given the shipped template, when loaded from a file
+    # given the rendered template, when loaded from a file
     p = load_params(write(tmp_path, TEMPLATE))
     # then every section is typed and the values are the template's
     assert isinstance(p, Params)
@@ -85,18 +172,64 @@ def test_unknown_top_level_section_is_refused() -> None:
     assert "extras" in str(refused(r))
 
 
-def test_missing_key_is_named_with_its_dotted_path() -> None:
-    r = raw()
-    del r["train"]["seed"]
-    err = refused(r)
-    assert "missing" in str(err) and "train.seed" in str(err)
+def test_unknown_key_is_refused_in_a_schema_1_file_too() -> None:
+    r = yaml.safe_load(SCHEMA1)
+    r["gate"]["min_acc"] = 0.5
+    assert "gate.min_acc" in str(refused(r))
 
 
-def test_missing_section_is_named() -> None:
+# ---- missing keys take their defaults ----------------------------------------------------------
+
+
+def test_schema_1_file_lacking_keys_takes_the_defaults(tmp_path: Path) -> None:
+    # given the previous release's file with a changed value and three keys left out
+    text = without(SCHEMA1, "seed", "max_image_pixels", "min_class_accuracy")
+    text = text.replace("  num_epochs: 12", "  num_epochs: 3")
+    assert "seed" not in text and "min_class_accuracy" not in text and "schema" not in text
+    # when loaded
+    p = load_params(write(tmp_path, text))
+    # then the missing keys have their defaults and the written ones their values
+    assert p.train.seed == 0 and p.data.max_image_pixels == 25_000_000 and p.gate.min_class_accuracy == 0.1
+    assert p.train.num_epochs == 3
+    assert p == dataclasses.replace(Params(), train=dataclasses.replace(TrainParams(), num_epochs=3))
+
+
+def test_missing_section_takes_the_defaults(tmp_path: Path) -> None:
+    text = without_section(SCHEMA1, "gate").replace("  min_accuracy", "  nope")
+    assert "gate" not in yaml.safe_load(text)
+    p = load_params(write(tmp_path, text.replace("  lr: 0.005", "  lr: 0.004")))
+    assert p.gate == GateParams()
+    assert p.train.lr == pytest.approx(0.004)
+
+
+def test_an_empty_mapping_is_all_defaults() -> None:
+    assert parse_params({}) == Params()
+    assert parse_params({"schema": 2, "train": {}}) == Params()
+
+
+# ---- the schema --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_known_schemas_are_read(schema: int) -> None:
     r = raw()
-    del r["gate"]
-    err = refused(r)
-    assert "missing" in str(err) and "gate" in str(err)
+    r["schema"] = schema
+    assert parse_params(r) == Params()
+
+
+def test_newer_schema_is_one_line_naming_both_versions(tmp_path: Path) -> None:
+    path = write(tmp_path, TEMPLATE.replace(f"schema: {SCHEMA}", "schema: 3"))
+    with pytest.raises(InputError) as info:
+        load_params(path)
+    assert str(info.value) == "params.yaml was written by a newer ratchet (schema 3); this one reads up to 2"
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("schema", ["two", True, 0, 1.5, None])
+def test_schema_that_is_not_a_positive_integer_is_refused(schema: Any) -> None:
+    r = raw()
+    r["schema"] = schema
+    assert "schema" in str(refused(r))
 
 
 def test_section_that_is_not_a_mapping_is_refused() -> None:
@@ -184,10 +317,10 @@ def test_every_strategy_literal_is_accepted(strategy: str) -> None:
 
 
 def test_invalid_yaml_is_one_line_naming_the_line(tmp_path: Path) -> None:
-    # given the template with a tab-indented 4th line (YAML forbids tabs for indentation)
+    # given the template with a tab-indented line (YAML forbids tabs for indentation)
     lines = TEMPLATE.splitlines()
-    assert lines[3].startswith("  experiment:")
-    lines[3] = "\t" + lines[3].lstrip()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  experiment:"))
+    lines[at] = "\t" + lines[at].lstrip()
     path = write(tmp_path, "\n".join(lines) + "\n")
     # when loaded
     with pytest.raises(InputError) as info:
@@ -196,7 +329,7 @@ def test_invalid_yaml_is_one_line_naming_the_line(tmp_path: Path) -> None:
     msg = str(info.value)
     assert "\n" not in msg
     assert "not valid YAML" in msg and str(path) in msg
-    assert "(line 4)" in msg
+    assert f"(line {at + 1})" in msg
     assert info.value.exit_code == 2
 
 
@@ -227,7 +360,8 @@ def test_digest_is_stable_across_loads_and_formatting(tmp_path: Path) -> None:
     # given the template and the same values dumped without comments, in another key order
     a = load_params(write(tmp_path, TEMPLATE))
     b = load_params(write(tmp_path, TEMPLATE))
-    reordered = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(raw().items()))}
+    sections = {k: v for k, v in raw().items() if k != "schema"}
+    reordered = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(sections.items()))}
     c = load_params(write(tmp_path, yaml.safe_dump(reordered, sort_keys=False)))
     # then the digest is a short hex string and identical for all of them
     assert len(a.digest()) == 12
@@ -243,3 +377,73 @@ def test_digest_changes_when_a_value_changes() -> None:
     r2 = raw()
     r2["gate"]["min_accuracy"] = 0.61
     assert len({base.digest(), changed.digest(), parse_params(r2).digest()}) == 3
+
+
+# ---- completing an existing file ---------------------------------------------------------------
+
+
+def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> None:
+    # given an old file lacking two keys, with a user-changed value and a user comment
+    text = without(SCHEMA1, "seed", "max_label_gap_pt")
+    text = text.replace("  num_epochs: 12", "  num_epochs: 3   # we have little time")
+    # when completed
+    new, added = complete_params(text)
+    # then exactly the missing keys are added, each at the end of its section with its comment
+    assert added == [
+        "schema",
+        "registry.tracking_uri",
+        "registry.registry_uri",
+        "train.seed",
+        "gate.max_label_gap_pt",
+    ]
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    inserted = [line for line in new_lines if line not in old_lines]
+    assert [line.split(":")[0].strip() for line in inserted if not line.lstrip().startswith("#")] == [
+        "schema",
+        "tracking_uri",
+        "registry_uri",
+        "seed",
+        "max_label_gap_pt",
+    ]
+    it = iter(new_lines)
+    assert all(line in it for line in old_lines)  # every old line kept, in order
+
+    def at(prefix: str) -> int:
+        return next(i for i, line in enumerate(new_lines) if line.startswith(prefix))
+
+    assert at("  loader_workers: 2") < at("  seed: 0 ") < at("gate:")
+    assert "# seeds the initial weights" in new_lines[at("  seed: 0 ")]
+    assert new_lines[new_lines.index("registry:") - 1] == "schema: 2"
+    p = parse_params(yaml.safe_load(new))
+    assert p.train.num_epochs == 3 and p.train.seed == 0
+    # and completing again adds nothing
+    assert complete_params(new) == (new, [])
+
+
+def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
+    text = "schema: 1\n" + without_section(SCHEMA1, "gate")
+    new, added = complete_params(text)
+    assert added == ["schema", "registry.tracking_uri", "registry.registry_uri", "gate"]
+    assert new.startswith("schema: 2\n")
+    assert new.endswith(render_params()[render_params().index("gate:") :])
+
+
+def test_complete_follows_the_file_s_indentation() -> None:
+    text = "schema: 2\ntrain:\n    lr: 0.004\n\n# the gate\ngate:\n    alpha: 0.01\n"
+    new, added = complete_params(text)
+    assert "train.seed" in added and "gate.min_accuracy" in added and "registry" in added
+    assert "\n    seed: 0 " in new and "\n  seed" not in new
+    # the train keys go before the blank line and the comment that belong to the gate
+    assert new.index("    loader_workers") < new.index("# the gate")
+    p = parse_params(yaml.safe_load(new))
+    assert p.train.lr == pytest.approx(0.004) and p.gate.alpha == pytest.approx(0.01)
+
+
+def test_complete_refuses_a_section_it_cannot_add_lines_to() -> None:
+    with pytest.raises(InputError, match="train.seed"):
+        complete_params("train: {lr: 0.004}\n")
+
+
+def test_complete_refuses_a_broken_file_without_adding_anything() -> None:
+    with pytest.raises(InputError, match="train.lrr"):
+        complete_params(without(SCHEMA1, "seed").replace("  lr:", "  lrr:"))

@@ -38,10 +38,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ratchet.registry import open_registry
     from ratchet.workspace import init_workspace
 
-    ws, created = init_workspace(args.directory, model_name=args.model_name)
+    ws, done = init_workspace(
+        args.directory, model_name=args.model_name, image_size=args.image_size, channels=args.channels
+    )
     open_registry(ws).ensure_store()
-    what = ", ".join(created) if created else "nothing (already a workspace)"
-    print(f"workspace {ws.root}: created {what}")
+    print(f"workspace {ws.root}: {'; '.join(done) if done else 'created nothing (already a workspace)'}")
     return 0
 
 
@@ -318,9 +319,27 @@ def build_parser() -> argparse.ArgumentParser:
             "-w", "--workspace", type=Path, default=Path("."), help="workspace directory (default: .)"
         )
 
-    p = sub.add_parser("init", help="create a workspace (git, DVC with a local remote, params, MLflow store)")
+    p = sub.add_parser(
+        "init",
+        help="create a workspace (git, DVC with a local remote, params, MLflow store)",
+        description="Create a workspace, or complete an existing one: keys its params.yaml lacks are "
+        "added with their defaults and comments, and nothing else in it changes.",
+    )
     p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="where (default: .)")
     p.add_argument("--model-name", help="registered model name to write into a new params.yaml")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="data.image_size for a new params.yaml: images are resized to NxN (default 8, sized for the "
+        "digits demo; at least 8)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        metavar="C",
+        help="data.channels for a new params.yaml: 1 (grayscale, the default) or 3 (RGB)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("ingest", help="validate, split and version a new labelled batch")

@@ -8,15 +8,23 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from ratchet.config import Params, load_params
+from ratchet.config import (
+    Params,
+    check_params,
+    complete_params,
+    load_params,
+    parse_params,
+    read_yaml,
+    render_params,
+)
 from ratchet.errors import InputError, RatchetError
 
-TEMPLATES = ("params.yaml", "dvc.yaml")
 PIPELINE = "dvc.yaml"
+TEMPLATES = (PIPELINE,)  # params.yaml is rendered from ratchet.config
 # dvc.yaml as earlier releases wrote it (sha256): ratchet owns the file, so a workspace that still
 # has one of these is upgraded to today's template; a hand-edited one is left alone
 LEGACY_PIPELINES = frozenset({"193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4"})
@@ -142,28 +150,74 @@ def template(name: str) -> str:
     return resources.files("ratchet.templates").joinpath(name).read_text()
 
 
-def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace, list[str]]:
-    """Create or complete a workspace; returns what was created. Safe to run again."""
+def _new_params(model_name: str | None, image_size: int | None, channels: int | None) -> Params:
+    """The defaults with what `ratchet init` was told, range-checked."""
+    params = Params()
+    if model_name:
+        params = replace(params, registry=replace(params.registry, model_name=model_name))
+    if image_size is not None:
+        params = replace(params, data=replace(params.data, image_size=image_size))
+    if channels is not None:
+        params = replace(params, data=replace(params.data, channels=channels))
+    check_params(params)
+    return params
+
+
+def _params_text(
+    path: Path, model_name: str | None, image_size: int | None, channels: int | None
+) -> tuple[str, list[str]]:
+    """The params.yaml to write (a new one, or the existing one completed) and the keys it adds."""
+    if not path.exists():
+        return render_params(_new_params(model_name, image_size, channels)), []
+    text, added = complete_params(path.read_text(), str(path))
+    data = parse_params(read_yaml(text, str(path))).data
+    for flag, key, wanted in (
+        ("--image-size", "image_size", image_size),
+        ("--channels", "channels", channels),
+    ):
+        current = getattr(data, key)
+        if wanted is not None and wanted != current:
+            raise InputError(
+                f"{flag} {wanted}: the workspace already uses data.{key} {current}; edit {path.name} instead"
+            )
+    return text, added
+
+
+def init_workspace(
+    path: Path,
+    model_name: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> tuple[Workspace, list[str]]:
+    """Create or complete a workspace; returns what it did, one phrase each. Safe to run again.
+
+    `model_name`, `image_size` and `channels` go into a new params.yaml. An existing one keeps its
+    values and comments; keys it lacks are added with their defaults, and an `image_size` or
+    `channels` other than its own is an error.
+    """
     from ratchet.atomic import write_text
     from ratchet.data import versioning
 
     root = path.resolve()
     if root.exists() and not root.is_dir():
         raise InputError(f"cannot create a workspace at {path}: it is a file")
-    root.mkdir(parents=True, exist_ok=True)
     ws = Workspace(root)
+    params_text, added = _params_text(ws.params_path, model_name, image_size, channels)
+    root.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
     had_git = (root / ".git").exists()
     versioning.ensure_repos(root, ws.dvc_remote)
     if not had_git:
         created.append("git repository")
+    if not ws.params_path.exists():
+        write_text(ws.params_path, params_text)
+        created.append("params.yaml")
+    elif added:
+        write_text(ws.params_path, params_text)
     for name in TEMPLATES:
         target = root / name
         if not target.exists():
-            text = template(name)
-            if name == "params.yaml" and model_name:
-                text = text.replace("model_name: ratchet-classifier", f"model_name: {model_name}")
-            write_text(target, text)
+            write_text(target, template(name))
             created.append(name)
     if ws.upgrade_pipeline():
         created.append("dvc.yaml (upgraded from an earlier release's)")
@@ -176,4 +230,7 @@ def init_workspace(path: Path, model_name: str | None = None) -> tuple[Workspace
     (ws.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     ws.params()  # a hand-edited params.yaml that is broken should fail here, not mid-cycle
     versioning.commit(root, ["params.yaml", "dvc.yaml", ".gitignore", ".dvc"], "ratchet init")
-    return ws, created
+    done = [f"created {', '.join(created)}"] if created else []
+    if added:
+        done.append(f"params.yaml: added {', '.join(added)}")
+    return ws, done

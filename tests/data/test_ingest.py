@@ -301,3 +301,45 @@ def test_progress_is_reported_sparingly(tmp_path: Path) -> None:
     ingest_batch(path, tmp_path / "data", PARAMS, progress=lambda done, total: calls.append((done, total)))
     assert 2 <= len(calls) <= 21 and calls[-1] == (100, 100)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+# ---- images much larger than data.image_size ----------------------------------------------------
+
+
+def test_images_shrunk_more_than_twice_give_one_warning_for_the_batch(tmp_path: Path) -> None:
+    # given 28x28 grayscale images (Fashion-MNIST size) into a workspace at the 8x8 default
+    images = np.random.default_rng(0).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    path = _npz(tmp_path / "fashion.npz", images=images, labels=np.arange(30) % 3)
+    # when ingested
+    report = ingest_batch(path, tmp_path / "data", PARAMS)
+    # then one warning for the whole batch names both sizes and the knob, and the summary starts with it
+    assert report.warnings == (
+        "batch images are 28x28, resized to 8x8 (data.image_size): set data.image_size "
+        "(or `ratchet init --image-size`) to train on more detail",
+    )
+    lines = report.summary().splitlines()
+    assert lines[0] == f"warning: {report.warnings[0]}"
+    assert sum("warning" in line for line in lines) == 1
+    # and the stored batch is the same as without the warning: 8x8
+    assert np.load(report.batch_dir / "images.npy").shape == (30, 8, 8, 3)
+
+
+def test_warning_counts_the_shrunk_images_of_a_mixed_folder(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    save(src / "cat" / "big.png", noise(1, size=64))
+    save(src / "cat" / "mid.png", noise(2, size=32))
+    save(src / "dog" / "small.png", noise(3))
+    save(src / "dog" / "double.png", noise(4, size=16))  # exactly 2x: not worth a warning
+    report = ingest_batch(src, tmp_path / "data", PARAMS)
+    assert len(report.warnings) == 1
+    assert report.warnings[0].startswith("2 of 4 batch images are up to 64x64, resized to 8x8")
+
+
+@pytest.mark.parametrize("size", [8, 12, 16])
+def test_no_warning_when_images_are_shrunk_at_most_twice(tmp_path: Path, size: int) -> None:
+    src = make_folder(tmp_path / "src", {"cat": [1, 2], "dog": [3, 4]})
+    for seed in (1, 2):
+        save(src / "cat" / f"img{seed}.png", noise(seed, size=size))
+    report = ingest_batch(src, tmp_path / "data", PARAMS)
+    assert report.warnings == ()
+    assert "warning" not in report.summary()

@@ -11,31 +11,18 @@ from ratchet.config import TrainParams
 from ratchet.train.model import ModelSpec
 
 SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=())
-PARAMS = TrainParams(
-    strategy="replay",
+# the training defaults, made small and fast for 8x8 patterns on a CPU
+PARAMS = dataclasses.replace(
+    TrainParams(),
     num_epochs=5,
     batch_size=32,
     lr=0.01,
     finetune_lr=0.01,
     weight_decay=0.0,
-    seed=0,
     device="cpu",
-    deterministic=True,
     replay_memory_per_class=20,
-    replay_fraction=0.5,
-    replay_balance=True,
-    ewc_lambda=100.0,
-    ewc_gamma=0.9,
     ewc_fisher_samples=64,
-    lwf_alpha=1.0,
-    lwf_temperature=2.0,
-    derpp_alpha=0.3,
-    derpp_beta=0.5,
     transfer_head_epochs=1,
-    transfer_lr_decay=0.3,
-    compile=False,
-    max_resident_mb=4096,
-    loader_workers=2,
 )
 
 

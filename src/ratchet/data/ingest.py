@@ -43,6 +43,8 @@ _NPZ_KEYS = ("images", "labels", "classes")
 _PROGRESS_CALLS = 20
 _SUMMARY_QUARANTINED = 10
 _MAX_DETAIL_CHARS = 200
+# Sources shrunk by more than this per side to data.image_size lose detail the model could use.
+_SHRINK_WARNING = 2.0
 
 ProgressFn = Callable[[int, int], None]
 
@@ -70,13 +72,15 @@ class IngestReport:
     quarantined: tuple[Quarantined, ...]
     duplicates: tuple[Duplicate, ...]
     class_counts: tuple[tuple[str, int, int], ...] = ()  # (class, train, held out), sorted by class
+    warnings: tuple[str, ...] = ()  # one line each, about the batch as a whole
 
     def summary(self) -> str:
         """A few human-readable lines for the command line."""
+        lines = [f"warning: {w}" for w in self.warnings]
         if self.batch_id is None:
-            lines = [f"nothing new: all {len(self.duplicates)} usable samples were already ingested"]
+            lines += [f"nothing new: all {len(self.duplicates)} usable samples were already ingested"]
         else:
-            lines = [
+            lines += [
                 f"batch {self.batch_id}: {self.num_train} train, {self.num_held_out} held out, "
                 f"{len(self.classes)} classes"
             ]
@@ -96,6 +100,7 @@ class _Sample:
     label: str
     pixels: np.ndarray  # canonical uint8 (image_size, image_size, channels)
     sha256: str
+    source_size: tuple[int, int]  # (width, height) before canonicalisation
 
 
 class _Progress:
@@ -144,9 +149,32 @@ def _canonical(img: Image.Image, params: DataParams) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _make_sample(source: str, label: str, pixels: np.ndarray) -> _Sample:
+def _make_sample(source: str, label: str, pixels: np.ndarray, source_size: tuple[int, int]) -> _Sample:
     return _Sample(
-        source=source, label=label, pixels=pixels, sha256=hashlib.sha256(pixels.tobytes()).hexdigest()
+        source=source,
+        label=label,
+        pixels=pixels,
+        sha256=hashlib.sha256(pixels.tobytes()).hexdigest(),
+        source_size=source_size,
+    )
+
+
+def _shrink_warning(samples: list[_Sample], params: DataParams) -> str | None:
+    """One line when the batch's images lose much detail to data.image_size, else None."""
+    size = params.image_size
+    shrunk = [s.source_size for s in samples if max(s.source_size) > _SHRINK_WARNING * size]
+    if not shrunk:
+        return None
+    width, height = max(shrunk, key=lambda wh: (wh[0] * wh[1], wh))
+    if len(set(shrunk)) == 1 and len(shrunk) == len(samples):
+        which = f"batch images are {width}x{height}"
+    elif len(set(shrunk)) == 1:
+        which = f"{len(shrunk)} of {len(samples)} batch images are {width}x{height}"
+    else:
+        which = f"{len(shrunk)} of {len(samples)} batch images are up to {width}x{height}"
+    return (
+        f"{which}, resized to {size}x{size} (data.image_size): set data.image_size "
+        "(or `ratchet init --image-size`) to train on more detail"
     )
 
 
@@ -156,8 +184,10 @@ def _allowed_formats() -> list[str]:
     return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
 
 
-def _decode_file(path: Path, rel: str, params: DataParams, formats: list[str]) -> np.ndarray | str:
-    """Canonical pixels of one image file, or the reason it is quarantined."""
+def _decode_file(
+    path: Path, rel: str, params: DataParams, formats: list[str]
+) -> tuple[np.ndarray, tuple[int, int]] | str:
+    """Canonical pixels of one image file and its (width, height), or the reason it is quarantined."""
     try:
         st = path.lstat()
     except OSError as exc:
@@ -183,7 +213,7 @@ def _decode_file(path: Path, rel: str, params: DataParams, formats: list[str]) -
                 if width * height > params.max_image_pixels:
                     return f"too_many_pixels: {width}x{height} = {width * height} > {params.max_image_pixels}"
                 img.load()  # Image.open only read the header; truncated data fails here
-                return _canonical(img, params)
+                return _canonical(img, params), (width, height)
     except Image.DecompressionBombError as exc:
         return f"too_many_pixels: {_one_line(exc)}"
     except UnidentifiedImageError:
@@ -233,7 +263,7 @@ def _read_folder(
     copies: list[tuple[str, Path]] = []
     ticker = _Progress(progress, len(candidates))
     for done, (rel, label, path) in enumerate(candidates, start=1):
-        result: np.ndarray | str
+        result: tuple[np.ndarray, tuple[int, int]] | str
         if label is None:  # an entry beside the class folders
             if path.is_symlink():
                 result = "symlink"
@@ -247,7 +277,7 @@ def _read_folder(
                 copies.append((rel, path))
         else:
             assert label is not None
-            samples.append(_make_sample(rel, label, result))
+            samples.append(_make_sample(rel, label, *result))
         ticker.tick(done)
     ticker.finish()
     return samples, quarantined, copies, len(candidates)
@@ -355,7 +385,8 @@ def _read_npz(
         arr = images[i]
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
-        samples.append(_make_sample(f"images[{i}]", names[i], _canonical(Image.fromarray(arr), params)))
+        pixels = _canonical(Image.fromarray(arr), params)
+        samples.append(_make_sample(f"images[{i}]", names[i], pixels, (width, height)))
         ticker.tick(i + 1)
     ticker.finish()
     return samples, [], [], n
@@ -456,6 +487,8 @@ def ingest_batch(
             f"(first: {first.source}: {first.reason})"
         )
 
+    warning = _shrink_warning(samples, params)
+    batch_warnings = (warning,) if warning else ()
     # First occurrence in source order wins: sorted paths for a folder, index order for an .npz.
     earlier = known_hashes(data_dir)
     if dropped is not None and any(sample.sha256 in earlier for sample in samples):
@@ -472,7 +505,9 @@ def ingest_batch(
             seen.add(sample.sha256)
             kept.append(sample)
     if not kept:
-        return IngestReport(None, None, (), 0, 0, tuple(quarantined), tuple(duplicates))
+        return IngestReport(
+            None, None, (), 0, 0, tuple(quarantined), tuple(duplicates), warnings=batch_warnings
+        )
 
     # Split by content hash, per class: independent of file names and order, stable forever.
     classes = tuple(sorted({s.label for s in kept}))
@@ -524,4 +559,5 @@ def ingest_batch(
         quarantined=tuple(quarantined),
         duplicates=tuple(duplicates),
         class_counts=tuple(class_counts),
+        warnings=batch_warnings,
     )
