@@ -243,7 +243,7 @@ def make_workspace(root: Path, name: str) -> Path:
 def run_stream(stream: Stream, test: TestSplit, workdir: Path) -> dict[str, Any]:
     import mlflow
 
-    from ratchet.cli import ingest_into, run_retrain
+    from ratchet import app
     from ratchet.cycle import ledger
     from ratchet.registry import open_registry
     from ratchet.workspace import open_workspace
@@ -259,8 +259,8 @@ def run_stream(stream: Stream, test: TestSplit, workdir: Path) -> dict[str, Any]
         t0 = time.perf_counter()
         path = incoming / f"{i}.npz"
         np.savez(path, images=batch.images, labels=batch.labels)
-        report = ingest_into(root, path)
-        outcome = run_retrain(root, strategy=stream.strategy)
+        report = app.ingest(root, path).report
+        outcome = app.retrain(root, strategy=stream.strategy)
         assert outcome is not None, f"{stream.name}: no cycle for {batch.name}"
         champion = open_registry(ws).champion()  # None while the first model has not passed the floors
         classes, levels = seen_so_far(stream, i)
@@ -269,16 +269,16 @@ def run_stream(stream: Stream, test: TestSplit, workdir: Path) -> dict[str, Any]
             model = mlflow.pyfunc.load_model(f"models:/{stream_model}/{version}")
             return test.score(model.predict, classes, levels)
 
-        candidate = score(outcome["version"])
+        candidate = score(outcome.version)
         all_levels = levels if stream.family.startswith("domain") else [0]
         row = {
             "batch": batch.name,
             "kind": batch.kind,
             "batch_id": report.batch_id,
-            "version": outcome["version"],
-            "action": outcome["action"],
-            "failed": [r.split(": ")[1] for r in outcome["reasons"] if r.startswith("FAIL")],
-            "reasons": list(outcome["reasons"]),
+            "version": outcome.version,
+            "action": outcome.action,
+            "failed": [r.split(": ")[1] for r in outcome.reasons if r.startswith("FAIL")],
+            "reasons": list(outcome.reasons),
             "champion": champion.version if champion else None,
             # the candidate too, rejected or not: a rejection was right if the candidate is worse here
             "candidate_test_seen": candidate,

@@ -7,23 +7,23 @@ can be retried or the whole flow re-run after a crash. Parameters are operationa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ratchet import cycle as cyc
-from ratchet.registry import open_registry
+from ratchet.registry import VersionInfo, open_registry
+from ratchet.stages.inputs import Cycle
 from ratchet.workspace import Workspace, open_workspace
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_task(ws: Workspace, strategy: str | None) -> cyc.Cycle | None:
+def plan_task(ws: Workspace, strategy: str | None) -> Cycle | None:
     return cyc.plan(ws, strategy)
 
 
 @task(name="find-registered", cache_policy=NO_CACHE)
-def find_task(ws: Workspace, cycle: cyc.Cycle) -> Any:
+def find_task(ws: Workspace, cycle: Cycle) -> VersionInfo | None:
     return open_registry(ws).find_cycle(cycle.cycle_id)
 
 
@@ -43,19 +43,19 @@ def evaluate_task(ws: Workspace) -> None:
 
 
 @task(name="record", cache_policy=NO_CACHE)
-def record_task(ws: Workspace, cycle: cyc.Cycle) -> Any:
+def record_task(ws: Workspace, cycle: Cycle) -> VersionInfo:
     return cyc.record(ws, cycle)
 
 
 @task(name="apply-decision", cache_policy=NO_CACHE)
-def apply_task(ws: Workspace, cycle: cyc.Cycle, version: Any, dry_run: bool, resumed: bool) -> cyc.Outcome:
+def apply_task(
+    ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool
+) -> cyc.Outcome:
     return cyc.apply(ws, cycle, version, dry_run, resumed)
 
 
 @flow(name="ratchet-retrain", log_prints=True)
-def retrain(
-    workspace: str = ".", dry_run: bool = False, strategy: str | None = None
-) -> dict[str, Any] | None:
+def retrain(workspace: str = ".", dry_run: bool = False, strategy: str | None = None) -> cyc.Outcome | None:
     """Plan, train, evaluate, record and apply one cycle; returns the outcome, or None with nothing new."""
     ws = open_workspace(Path(workspace))
     with ws.lock():
@@ -72,7 +72,7 @@ def retrain(
             evaluate_task(ws)
             version = record_task(ws, cycle)
         outcome = apply_task(ws, cycle, version, dry_run, resumed)
-    return outcome.to_json()
+    return outcome
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ratchet.cli import ingest_into, run_retrain
+from ratchet import app
 from ratchet.cycle import ledger
 from ratchet.data.digits import StreamBatch
 from ratchet.registry import open_registry
@@ -37,19 +37,19 @@ def test_replay_passes_every_cycle_of_a_class_incremental_stream(tmp_path: Path)
     incoming.mkdir()
     outcomes = []
     for batch in two_digits_at_a_time():
-        ingest_into(root, batch.save_npz(incoming))
-        outcome = run_retrain(root)
+        app.ingest(root, batch.save_npz(incoming))
+        outcome = app.retrain(root)
         assert outcome is not None
         outcomes.append(outcome)
 
     # every cycle is promoted, each new pair learned and told apart, the old ones not forgotten
-    assert [o["action"] for o in outcomes] == ["promoted"] * 5, [o["reasons"] for o in outcomes]
+    assert [o.action for o in outcomes] == ["promoted"] * 5, [o.reasons for o in outcomes]
     for o in outcomes[1:]:
-        checks = {r.split(": ")[1] for r in o["reasons"]}
+        checks = {r.split(": ")[1] for r in o.reasons}
         assert {"forgetting", "class forgetting", "interference", "new classes"} <= checks
-        assert o["metrics"]["champion"]["new"] == 0.0 and o["metrics"]["candidate"]["new"] > 0.9
+        assert o.metrics.champion.new == 0.0 and o.metrics.candidate.new > 0.9
     ws = open_workspace(root)
     champion = open_registry(ws).champion()
-    assert champion is not None and champion.version == outcomes[-1]["version"]
+    assert champion is not None and champion.version == outcomes[-1].version
     assert champion.metrics["candidate"]["all"] is not None and champion.metrics["candidate"]["all"] > 0.9
     assert {s.state for s in ledger(ws, open_registry(ws))} == {"learned"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ratchet import cycle as cyc
-from ratchet.cli import ingest_into, run_retrain
+from ratchet import app
 from ratchet.registry import open_registry
 from ratchet.stages import train
 from ratchet.workspace import init_workspace, open_workspace
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def one_batch(tmp_path: Path, stream_files: dict[str, Path]) -> Path:
     root = tmp_path / "ws"
     init_workspace(root, model_name="crash-it")
-    ingest_into(root, stream_files["digits-0-4"])
+    app.ingest(root, stream_files["digits-0-4"])
     return root
 
 
@@ -32,15 +32,15 @@ def test_crash_during_training_leaves_the_batch_pending(
 
     monkeypatch.setattr(train, "fit", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_retrain(one_batch)
+        app.retrain(one_batch)
     ws = open_workspace(one_batch)
     registry = open_registry(ws)
     assert registry.versions() == []
     assert registry.champion() is None
 
     monkeypatch.undo()
-    outcome = run_retrain(one_batch)
-    assert outcome is not None and outcome["action"] == "promoted"
+    outcome = app.retrain(one_batch)
+    assert outcome is not None and outcome.action == "promoted"
     assert [v.version for v in registry.versions()] == ["1"]
 
 
@@ -56,10 +56,10 @@ def test_crash_after_registration_is_resumed_not_duplicated(one_batch: Path) -> 
     registry = open_registry(ws)
     assert registry.champion() is None  # evaluated, but not yet crowned
 
-    outcome = run_retrain(one_batch)
+    outcome = app.retrain(one_batch)
     assert outcome is not None
-    assert outcome["resumed"] is True
-    assert outcome["action"] == "promoted"
+    assert outcome.resumed is True
+    assert outcome.action == "promoted"
     assert [v.version for v in registry.versions()] == [recorded.version]
     champion = registry.champion()
     assert champion is not None and champion.version == recorded.version
@@ -68,13 +68,13 @@ def test_crash_after_registration_is_resumed_not_duplicated(one_batch: Path) -> 
 def test_dry_run_marks_a_challenger_and_keeps_the_champion(
     one_batch: Path, stream_files: dict[str, Path]
 ) -> None:
-    assert run_retrain(one_batch) is not None
-    ingest_into(one_batch, stream_files["digits-5-9"])
-    outcome = run_retrain(one_batch, dry_run=True)
-    assert outcome is not None and outcome["action"] == "challenger"
+    assert app.retrain(one_batch) is not None
+    app.ingest(one_batch, stream_files["digits-5-9"])
+    outcome = app.retrain(one_batch, dry_run=True)
+    assert outcome is not None and outcome.action == "challenger"
     registry = open_registry(open_workspace(one_batch))
     champion = registry.champion()
     assert champion is not None and champion.version == "1"
-    challenger = next(v for v in registry.versions() if v.version == outcome["version"])
+    challenger = next(v for v in registry.versions() if v.version == outcome.version)
     assert "challenger" in challenger.aliases
     assert challenger.status == "awaiting approval"

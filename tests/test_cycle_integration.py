@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ratchet.cli import ingest_into, main, run_retrain
-from ratchet.cycle import ledger
+from ratchet import app
+from ratchet.cli import main
+from ratchet.cycle import Outcome, ledger
 from ratchet.data import catalog, versioning
 from ratchet.data.digits import StreamBatch
 from ratchet.registry import open_registry
@@ -29,7 +30,7 @@ RunRatchet = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 class Stream:
-    def __init__(self, root: Path, outcomes: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, root: Path, outcomes: dict[str, Outcome]) -> None:
         self.root = root
         self.outcomes = outcomes
         self.ws = open_workspace(root)
@@ -42,17 +43,17 @@ def streamed(
 ) -> Stream:
     root = tmp_path_factory.mktemp("ws")
     init_workspace(root, model_name="digits-it")
-    outcomes: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, Outcome] = {}
     for name, path in stream_files.items():
-        ingest_into(root, path)
-        outcome = run_retrain(root)
+        app.ingest(root, path)
+        outcome = app.retrain(root)
         assert outcome is not None, f"no cycle ran for {name}"
         outcomes[name] = outcome
     return Stream(root, outcomes)
 
 
 def test_the_gate_promotes_good_batches_and_rejects_scrambled_labels(streamed: Stream) -> None:
-    actions = {name: o["action"] for name, o in streamed.outcomes.items()}
+    actions = {name: o.action for name, o in streamed.outcomes.items()}
     assert actions == {
         "digits-0-4": "promoted",
         "digits-5-9": "promoted",
@@ -61,16 +62,16 @@ def test_the_gate_promotes_good_batches_and_rejects_scrambled_labels(streamed: S
         "digits-rest": "promoted",
     }
     failed = {
-        r.split(": ")[1] for r in streamed.outcomes["digits-scrambled"]["reasons"] if r.startswith("FAIL")
+        r.split(": ")[1] for r in streamed.outcomes["digits-scrambled"].reasons if r.startswith("FAIL")
     }
     # caught on purpose: the labels disagree with both models, and the candidate forgot
     assert {"labels", "forgetting"} <= failed
-    labels = next(r for r in streamed.outcomes["digits-scrambled"]["reasons"] if r.startswith("FAIL: labels"))
+    labels = next(r for r in streamed.outcomes["digits-scrambled"].reasons if r.startswith("FAIL: labels"))
     assert "suspect batch" in labels and "p<0.001" in labels
 
 
 def test_new_classes_cost_interference_not_forgetting(streamed: Stream) -> None:
-    reasons = streamed.outcomes["digits-5-9"]["reasons"]
+    reasons = streamed.outcomes["digits-5-9"].reasons
     forgetting = next(r for r in reasons if r.startswith("ok: forgetting"))
     interference = next(r for r in reasons if r.startswith("ok: interference"))
     assert "old samples taken for the new classes 5, 6, 7, 8, 9 (costing" in interference
@@ -80,9 +81,9 @@ def test_new_classes_cost_interference_not_forgetting(streamed: Stream) -> None:
 
 def test_new_classes_grow_the_head_and_the_champion_knows_all_digits(streamed: Stream) -> None:
     second = streamed.outcomes["digits-5-9"]
-    assert second["metrics"]["champion"]["new"] == 0.0  # the first champion never saw 5-9
-    assert second["metrics"]["candidate"]["new"] > 0.9
-    assert second["metrics"]["candidate"]["old"] > 0.9  # and replay kept 0-4
+    assert second.metrics.champion.new == 0.0  # the first champion never saw 5-9
+    assert second.metrics.candidate.new > 0.9
+    assert second.metrics.candidate.old > 0.9  # and replay kept 0-4
 
 
 def test_every_version_carries_lineage(streamed: Stream) -> None:
@@ -128,21 +129,21 @@ def test_each_cycle_leaves_a_run_with_epochs_evaluation_and_report(streamed: Str
 def test_a_rejected_batch_is_held_with_its_reasons_not_consumed(streamed: Stream) -> None:
     states = {s.batch_id: s for s in ledger(streamed.ws, streamed.registry)}
     scrambled = streamed.outcomes["digits-scrambled"]
-    held = states[scrambled["batches"][0]]
+    held = states[scrambled.batches[0]]
     assert held.state == "held"
-    assert held.version == scrambled["version"]
+    assert held.version == scrambled.version
     assert (
-        held.reason.startswith(f"version {scrambled['version']} rejected: ")
+        held.reason.startswith(f"version {scrambled.version} rejected: ")
         and "labels: suspect batch" in held.reason
     )
     assert sorted(s.state for s in states.values()) == ["held", "learned", "learned", "learned", "learned"]
     # held batches wait for a person: retrain has nothing to do and says why
-    assert run_retrain(streamed.root) is None
+    assert app.retrain(streamed.root) is None
 
 
 def test_reingesting_a_batch_adds_nothing(streamed: Stream, stream_files: dict[str, Path]) -> None:
     head = versioning.head(streamed.root)
-    report = ingest_into(streamed.root, stream_files["digits-0-4"])
+    report = app.ingest(streamed.root, stream_files["digits-0-4"]).report
     assert report.batch_id is None
     assert len(report.duplicates) > 0
     assert len(catalog.list_batches(streamed.ws.data_dir)) == len(stream_files)
@@ -195,7 +196,7 @@ def test_a_held_batch_is_dropped_on_record_and_learned_ones_cannot_be(
                 else "held or pending batches can be dropped"
             )
         ]
-    assert run_retrain(streamed.root) is None
+    assert app.retrain(streamed.root) is None
     text = run_ratchet("status", "-w", root).stdout
     assert "batches: 4 learned, 0 pending, 0 held, 1 dropped" in text
 
@@ -214,12 +215,12 @@ def test_a_relabelled_copy_of_a_dropped_batch_is_new_data(
         "digits-relabelled", "", scrambled.images, np.array([truth[i.tobytes()] for i in scrambled.images])
     )
     # when it is ingested, its samples do not count as already ingested (their batch was dropped)
-    report = ingest_into(streamed.root, fixed.save_npz(tmp_path))
+    report = app.ingest(streamed.root, fixed.save_npz(tmp_path)).report
     assert report.batch_id is not None and report.num_train + report.num_held_out == len(scrambled.labels)
     # and the next cycle learns it
-    outcome = run_retrain(streamed.root)
-    assert outcome is not None and outcome["action"] == "promoted", outcome["reasons"]
-    assert list(outcome["batches"]) == [report.batch_id]
+    outcome = app.retrain(streamed.root)
+    assert outcome is not None and outcome.action == "promoted", outcome.reasons
+    assert list(outcome.batches) == [report.batch_id]
 
 
 def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream: list[StreamBatch]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ratchet.cli import ingest_into, run_retrain
+from ratchet import app
 from ratchet.cycle import ledger
 from ratchet.registry import open_registry
 from ratchet.workspace import init_workspace, open_workspace
@@ -34,9 +34,9 @@ def test_gate_rejects_a_forgetting_finetune_and_state_survives_the_registry(
     ws = open_workspace(root)
 
     # given a champion trained with replay+ewc on digits 0-4
-    ingest_into(root, stream_files["digits-0-4"])
-    first = run_retrain(root, strategy="replay+ewc")
-    assert first is not None and first["action"] == "promoted"
+    app.ingest(root, stream_files["digits-0-4"])
+    first = app.retrain(root, strategy="replay+ewc")
+    assert first is not None and first.action == "promoted"
     trained = digests(ws.stage_paths().candidate / "checkpoint")
 
     # then its state comes back byte for byte from the registry, in a fresh process
@@ -49,7 +49,7 @@ from ratchet.workspace import open_workspace
 from ratchet.train.checkpoint import load_checkpoint
 ws = open_workspace(Path({str(root)!r}))
 with tempfile.TemporaryDirectory() as d:
-    ck_dir = open_registry(ws).download_checkpoint({first["version"]!r}, Path(d))
+    ck_dir = open_registry(ws).download_checkpoint({first.version!r}, Path(d))
     ck = load_checkpoint(ck_dir)
     assert "ewc" in ck.states and len(ck.memory) > 0 and ck.spec.classes == tuple("01234")
     for name in {STATE_FILES!r}:
@@ -61,21 +61,21 @@ with tempfile.TemporaryDirectory() as d:
     assert fetched == trained
 
     # when the next batch brings only new classes and the cycle naively fine-tunes on it
-    ingest_into(root, stream_files["digits-5-9"])
-    second = run_retrain(root, strategy="finetune")
+    app.ingest(root, stream_files["digits-5-9"])
+    second = app.retrain(root, strategy="finetune")
     assert second is not None
 
     # then the next cycle started from the champion's stored state, not from nothing
     assert digests(ws.stage_paths().prepared / "parent") == trained
     # and the gate rejects the candidate that forgot digits 0-4 as forgetting, with the numbers
-    assert second["action"] == "rejected"
-    assert second["metrics"]["candidate"]["old"] < 0.5
-    assert any(r.startswith("FAIL: forgetting: old data, known classes:") for r in second["reasons"])
+    assert second.action == "rejected"
+    assert second.metrics.candidate.old < 0.5
+    assert any(r.startswith("FAIL: forgetting: old data, known classes:") for r in second.reasons)
     champion = open_registry(ws).champion()
-    assert champion is not None and champion.version == first["version"]
+    assert champion is not None and champion.version == first.version
 
     # and the batch is held, not consumed: a person requeues it with another strategy
-    batch = second["batches"][0]
+    batch = second.batches[0]
     states = {s.batch_id: s for s in ledger(ws, open_registry(ws))}
     assert states[batch].state == "held" and "forgetting" in states[batch].reason
     done = run_ratchet(
@@ -83,12 +83,12 @@ with tempfile.TemporaryDirectory() as d:
     )
     assert done.returncode == 0, done.stderr
     assert f"batch {batch} requeued" in done.stdout and "with strategy replay" in done.stdout
-    third = run_retrain(root)
+    third = app.retrain(root)
 
     # then the retry is a new cycle (not a resume of the rejected one) that learns digits 5-9
-    assert third is not None and not third["resumed"]
-    assert (list(third["batches"]), third["strategy"], third["action"]) == ([batch], "replay", "promoted")
-    assert third["version"] != second["version"]
+    assert third is not None and not third.resumed
+    assert (list(third.batches), third.strategy, third.action) == ([batch], "replay", "promoted")
+    assert third.version != second.version
     states = {s.batch_id: s for s in ledger(ws, open_registry(ws))}
     assert [s.state for s in states.values()] == ["learned", "learned"]
-    assert run_retrain(root) is None
+    assert app.retrain(root) is None

@@ -9,17 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ratchet.errors import InputError, RatchetError
+from ratchet.errors import RatchetError
+from ratchet.train import strategies  # the registry only: no torch
 
 if TYPE_CHECKING:  # lazy at run time: `ratchet --help` must not import numpy or mlflow
-    from ratchet.data.catalog import BatchInfo
-    from ratchet.ledger import BatchState
+    from ratchet.cycle import Outcome
+    from ratchet.data.ingest import ProgressFn
 
 
 def _configure_runtime() -> None:
@@ -31,32 +31,18 @@ def _configure_runtime() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
-# ---- commands -------------------------------------------------------------------------------
+# ---- commands: parse, call ratchet.app, print --------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ratchet.registry import open_registry
-    from ratchet.workspace import init_workspace
+    from ratchet import app
 
-    ws, done = init_workspace(
-        args.directory, model_name=args.model_name, image_size=args.image_size, channels=args.channels
-    )
-    open_registry(ws).ensure_store()
+    ws, done = app.init(args.directory, args.model_name, args.image_size, args.channels)
     print(f"workspace {ws.root}: {'; '.join(done) if done else 'created nothing (already a workspace)'}")
     return 0
 
 
-def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
-    """Ingest one batch and (unless told not to) version it with DVC; undone whole if versioning fails."""
-    from ratchet.data import versioning
-    from ratchet.data.ingest import ingest_batch
-    from ratchet.workspace import open_workspace
-
-    ws = open_workspace(ws_root)
-    params = ws.params()
-    if not source.exists():
-        raise InputError(f"batch not found: {source}")
-
+def ingest_progress(source: Path) -> ProgressFn:
     live = sys.stdout.isatty()
 
     def progress(done: int, total: int) -> None:
@@ -65,63 +51,29 @@ def ingest_into(ws_root: Path, source: Path, version: bool = True) -> Any:
             end = "\n" if done == total else ""
             print(f"\r  ingesting {source.name}: {done}/{total} files", end=end, flush=True)
 
-    def dropped() -> set[str]:
-        # a relabelled copy of a dropped batch is new data: its samples do not count as ingested
-        from ratchet.registry import open_registry
-
-        registry = open_registry(ws, params)
-        registry.ensure_store()
-        return {b for b, mark in registry.batch_marks().items() if mark.action == "drop"}
-
-    with ws.lock():
-        report = ingest_batch(source, ws.data_dir, params.data, progress, dropped)
-        if report.batch_id is None or not version:
-            return report
-        try:
-            data_version = versioning.version_data(ws.root, f"ingest {report.batch_id} from {source.name}")
-        except BaseException:
-            # keep data/ equal to the last committed data version: no half-ingested batch is left behind
-            assert report.batch_dir is not None
-            shutil.rmtree(report.batch_dir, ignore_errors=True)
-            shutil.rmtree(ws.data_dir / "quarantine" / report.batch_id, ignore_errors=True)
-            raise
-    print(f"data version {data_version}")
-    return report
+    return progress
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    report = ingest_into(args.workspace, args.path)
-    print(report.summary())
-    if report.batch_id is None:
+    from ratchet import app
+
+    done = app.ingest(args.workspace, args.path, ingest_progress(args.path))
+    if done.data_version is not None:
+        print(f"data version {done.data_version}")
+    print(done.report.summary())
+    if done.report.batch_id is None:
         print("nothing new: every usable sample is already ingested")
     return 0
 
 
-def run_retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> dict[str, Any] | None:
-    from ratchet.flows.retrain import retrain
-    from ratchet.train import strategies
-    from ratchet.workspace import open_workspace
-
-    # fail with one line before starting Prefect
-    open_workspace(workspace).params()
-    if strategy is not None:
-        strategies.check(strategy)
-    result = retrain(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
-    return result
-
-
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from ratchet.cycle import ledger
-    from ratchet.registry import open_registry
-    from ratchet.workspace import open_workspace
+    from ratchet import app
 
-    outcome = run_retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
+    outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     if outcome is not None:
         print(format_outcome(outcome))
-    ws = open_workspace(args.workspace)
-    states = ledger(ws, open_registry(ws))
-    held = [s.batch_id for s in states if s.state == "held"]
-    pending = [s.batch_id for s in states if s.state == "pending"]
+    now = app.status(args.workspace)
+    held, pending = now.in_state("held"), now.in_state("pending")
     if outcome is None:
         print("nothing new to train on")
     if held:
@@ -134,121 +86,61 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_outcome(o: dict[str, Any]) -> str:
-    resumed = " (resumed a cycle recorded before a crash)" if o["resumed"] else ""
-    lines = [f"version {o['version']} {o['action']}{resumed}: batches {', '.join(o['batches'])}"]
-    lines += [f"  - {r}" for r in o["reasons"]]
+def format_outcome(o: Outcome) -> str:
+    resumed = " (resumed a cycle recorded before a crash)" if o.resumed else ""
+    lines = [f"version {o.version} {o.action}{resumed}: batches {', '.join(o.batches)}"]
+    lines += [f"  - {r}" for r in o.reasons]
     return "\n".join(lines)
 
 
-def find_batch(states: list[BatchState], batches: list[BatchInfo], name: str) -> BatchState:
-    """A batch by id, unique id prefix or the name it was ingested from."""
-    by_id = {s.batch_id: s for s in states}
-    matches = sorted(
-        {b.batch_id for b in batches if b.batch_id == name}
-        or {b.batch_id for b in batches if name in (b.source_name, Path(b.source_name).stem)}
-        or {b.batch_id for b in batches if b.batch_id.startswith(name)}
-    )
-    if not matches:
-        known = ", ".join(b.batch_id for b in batches) or "none"
-        raise InputError(f"no batch {name!r} in this workspace (known: {known})")
-    if len(matches) > 1:
-        raise InputError(f"{name!r} names several batches ({', '.join(matches)}): give the batch id")
-    return by_id[matches[0]]
-
-
-def _mark_batch(args: argparse.Namespace, action: str) -> tuple[BatchState, str]:
-    """Record a requeue or drop for one batch, under the workspace lock; returns its state and who."""
-    import getpass
-    from datetime import UTC, datetime
-
-    from ratchet.cycle import ledger
-    from ratchet.data import catalog
-    from ratchet.ledger import BatchMark
-    from ratchet.registry import open_registry
-    from ratchet.train import strategies
-    from ratchet.workspace import open_workspace
-
-    ws = open_workspace(args.workspace)
-    strategy = getattr(args, "strategy", None)
-    if strategy is not None:
-        strategies.check(strategy)
-    try:
-        by = args.by or getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry: a bare container
-        raise InputError("cannot tell who you are: pass --by NAME") from None
-    with ws.lock():
-        registry = open_registry(ws)
-        registry.ensure_store()
-        state = find_batch(ledger(ws, registry), catalog.list_batches(ws.data_dir), args.batch)
-        allowed = ("held", "dropped") if action == "requeue" else ("held", "pending")
-        if state.state not in allowed:
-            raise InputError(
-                f"batch {state.batch_id} is {state.state}: only {' or '.join(allowed)} batches can be "
-                + ("requeued" if action == "requeue" else "dropped")
-            )
-        mark = BatchMark(
-            action="requeue" if action == "requeue" else "drop",
-            reason=args.reason,
-            by=by,
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
-            after_version=state.version,
-            strategy=strategy,
-        )
-        registry.mark_batch(state.batch_id, mark)
-    return state, by
-
-
 def cmd_requeue(args: argparse.Namespace) -> int:
-    state, by = _mark_batch(args, "requeue")
+    from ratchet import app
+
+    state = app.requeue(args.workspace, args.batch, args.reason, args.by, args.strategy)
     how = f" with strategy {args.strategy}" if args.strategy else ""
-    print(f"batch {state.batch_id} requeued by {by}: the next `ratchet retrain` trains on it again{how}")
+    print(
+        f"batch {state.batch_id} requeued by {app.who(args.by)}: "
+        f"the next `ratchet retrain` trains on it again{how}"
+    )
     return 0
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    state, by = _mark_batch(args, "drop")
-    print(f"batch {state.batch_id} dropped by {by}: it will not be trained on ({args.reason})")
+    from ratchet import app
+
+    state = app.drop(args.workspace, args.batch, args.reason, args.by)
+    print(f"batch {state.batch_id} dropped by {app.who(args.by)}: it will not be trained on ({args.reason})")
     return 0
-
-
-def fmt_accuracy(x: float | None) -> str:
-    return "  -  " if x is None else f"{x:.3f}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import dataclasses
     from collections import Counter
 
-    from ratchet.cycle import ledger
-    from ratchet.data import catalog
-    from ratchet.registry import open_registry
-    from ratchet.workspace import open_workspace
+    from ratchet import app
+    from ratchet.report import fmt_accuracy
 
-    ws = open_workspace(args.workspace)
-    registry = open_registry(ws)
-    registry.ensure_store()
-    versions = registry.versions()
-    champion = next((v for v in versions if v.status == "champion"), None)
-    sources = {b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)}
-    states = ledger(ws, registry)
+    now = app.status(args.workspace)
+    champion = now.champion
     if args.json:
         doc = {
-            "model_name": registry.name,
+            "model_name": now.model_name,
             "champion": {"version": champion.version if champion else None},
-            "versions": [v.to_json() for v in versions],
-            "batches": [{**dataclasses.asdict(s), "source": sources.get(s.batch_id, "")} for s in states],
+            "versions": [v.to_json() for v in now.versions],
+            "batches": [
+                {**dataclasses.asdict(s), "source": now.sources.get(s.batch_id, "")} for s in now.batches
+            ],
         }
         print(json.dumps(doc, indent=1))
         return 0
-    print(f"model {registry.name}: champion {'version ' + champion.version if champion else 'none yet'}")
-    counts = Counter(s.state for s in states)
+    print(f"model {now.model_name}: champion {'version ' + champion.version if champion else 'none yet'}")
+    counts = Counter(s.state for s in now.batches)
     print("batches: " + ", ".join(f"{counts[k]} {k}" for k in ("learned", "pending", "held", "dropped")))
-    for s in states:
+    for s in now.batches:
         if s.state != "learned":
             retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if s.retry_of else ""
-            print(f"  {s.batch_id}  {sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
-    for v in versions:
+            print(f"  {s.batch_id}  {now.sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
+    for v in now.versions:
         d = v.to_json()
         m = d["metrics"]
         print(
@@ -266,12 +158,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from ratchet.registry import open_registry
-    from ratchet.workspace import open_workspace
+    from ratchet import app
 
-    ws = open_workspace(args.workspace)
-    with ws.lock():
-        old, new = open_registry(ws).rollback(args.to)
+    old, new = app.rollback(args.workspace, args.to)
     print(f"champion rolled back from version {old} to version {new}")
     return 0
 
@@ -283,24 +172,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_data(args: argparse.Namespace) -> int:
-    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
-    import tempfile
+    from ratchet import app
 
-    from ratchet.data import versioning
-    from ratchet.data.digits import digits_stream
-    from ratchet.workspace import open_workspace
-
-    ws = open_workspace(args.directory)
-    with tempfile.TemporaryDirectory() as incoming:
-        for batch in digits_stream():
-            report = ingest_into(ws.root, batch.save_npz(Path(incoming)), version=False)
-            print(f"{batch.name}: {report.batch_id or 'already present'}")
-    # cache what was regenerated under data.dvc's hash; if the hash moved, the data is not that version
-    versioning.dvc(ws.root, "commit", "-f", "-q", versioning.DATA_DVC)
-    if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
-        versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
-        raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")
-    print(f"data matches {versioning.DATA_DVC}: {versioning.data_version(ws.root)}")
+    version = app.reference_data(
+        args.directory, lambda name, batch_id: print(f"{name}: {batch_id or 'already present'}")
+    )
+    print(f"data matches data.dvc: {version}")
     return 0
 
 
@@ -354,8 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--strategy",
-        help="override params.yaml train.strategy for this cycle: finetune | replay | ewc | lwf | "
-        "transfer | joint, or combined with + (replay+lwf)",
+        help="override params.yaml train.strategy for this cycle; " + strategies.help_text(),
     )
     p.set_defaults(func=cmd_retrain)
 

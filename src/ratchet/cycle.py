@@ -18,7 +18,7 @@ from typing import Any
 from ratchet.config import Params
 from ratchet.data import catalog, versioning
 from ratchet.ledger import BatchState, batch_states
-from ratchet.registry import Registry, open_registry
+from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle, code_version
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
@@ -137,7 +137,7 @@ class Outcome:
         return dataclasses.asdict(self)
 
 
-def record(ws: Workspace, cycle: Cycle) -> Any:
+def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     """Commit the cycle (cycle.json, dvc.lock, report) and register the candidate with its lineage."""
     from ratchet.registry import CandidateRecord
     from ratchet.stages import evaluate, train
@@ -176,7 +176,7 @@ def record(ws: Workspace, cycle: Cycle) -> Any:
     return open_registry(ws, params).log_candidate(rec)
 
 
-def apply(ws: Workspace, cycle: Cycle, version: Any, dry_run: bool, resumed: bool) -> Outcome:
+def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool) -> Outcome:
     """Promote (move @champion) or leave rejected; a dry run marks a passing candidate @challenger."""
     registry = open_registry(ws)
     promote = version.tag("decision") == "promote"

@@ -5,39 +5,37 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from ratchet.cli import fmt_accuracy, ingest_into, run_retrain
-from ratchet.cycle import ledger
+from ratchet import app
+from ratchet.cycle import Outcome
 from ratchet.data.digits import digits_stream
-from ratchet.registry import open_registry
-from ratchet.workspace import init_workspace
+from ratchet.report import fmt_accuracy
 
 
-def _acc(o: dict[str, Any], model: str, split: str) -> str:
-    return fmt_accuracy(o["metrics"][model][split])
+def _acc(o: Outcome, model: str, split: str) -> str:
+    return fmt_accuracy(o.metrics[model][split])
 
 
-def cycle_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+def cycle_table(rows: list[tuple[str, Outcome]]) -> str:
     header = (
         f"{'batch':<18} {'strategy':<9} {'ver':>3}  {'old: champ':>10} {'cand':>6}  "
         f"{'new: champ':>10} {'cand':>6}  {'decision':<9} reasons"
     )
     lines = [header, "-" * len(header)]
     for name, o in rows:
-        failed = [r.removeprefix("FAIL: ") for r in o["reasons"] if r.startswith("FAIL")]
+        failed = [r.removeprefix("FAIL: ") for r in o.reasons if r.startswith("FAIL")]
         # a promotion is best explained by what it did to old data (or that it was the first model)
-        key = next((r for r in o["reasons"] if r.startswith(("ok: forgetting", "ok: first model"))), "")
+        key = next((r for r in o.reasons if r.startswith(("ok: forgetting", "ok: first model"))), "")
         why = "; ".join(failed) if failed else key.removeprefix("ok: ")
         lines.append(
-            f"{name:<18} {o['strategy']:<9} {o['version']:>3}  {_acc(o, 'champion', 'old'):>10} "
+            f"{name:<18} {o.strategy:<9} {o.version:>3}  {_acc(o, 'champion', 'old'):>10} "
             f"{_acc(o, 'candidate', 'old'):>6}  {_acc(o, 'champion', 'new'):>10} "
-            f"{_acc(o, 'candidate', 'new'):>6}  {o['action']:<9} {why}"
+            f"{_acc(o, 'candidate', 'new'):>6}  {o.action:<9} {why}"
         )
     return "\n".join(lines)
 
 
-def plot_cycles(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+def plot_cycles(rows: list[tuple[str, Outcome]], path: Path) -> None:
     """Champion vs candidate accuracy per cycle, marking the decisions: easier seen than read."""
     import matplotlib
 
@@ -48,11 +46,11 @@ def plot_cycles(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
     xs = range(1, len(rows) + 1)
     for ax, split in zip(axes, ("old", "new"), strict=True):
         for model, style in (("champion", "o--"), ("candidate", "s-")):
-            ys = [o["metrics"][model][split] for _, o in rows]
+            ys = [o.metrics[model][split] for _, o in rows]
             ax.plot(xs, [float("nan") if y is None else y for y in ys], style, label=model)
         for x, (_, o) in zip(xs, rows, strict=True):
             ax.axvspan(
-                x - 0.4, x + 0.4, color="tab:green" if o["action"] == "promoted" else "tab:red", alpha=0.08
+                x - 0.4, x + 0.4, color="tab:green" if o.action == "promoted" else "tab:red", alpha=0.08
             )
         ax.set_title(f"held-out {split} data")
         ax.set_xticks(list(xs), [name for name, _ in rows], rotation=20, fontsize=8)
@@ -70,20 +68,21 @@ def plot_cycles(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
 def run_demo(workspace: Path | None = None) -> int:
     t0 = time.perf_counter()
     root = workspace or Path(tempfile.mkdtemp(prefix="ratchet-demo-"))
-    ws, _ = init_workspace(root, model_name="ratchet-digits-demo")
+    ws, _ = app.init(root, model_name="ratchet-digits-demo")
     incoming = ws.root / "incoming"
     incoming.mkdir(exist_ok=True)
     print(f"demo workspace: {ws.root} (set up in {time.perf_counter() - t0:.1f}s)")
 
-    rows: list[tuple[str, dict[str, Any]]] = []
+    rows: list[tuple[str, Outcome]] = []
     timings: list[str] = []
     for batch in digits_stream():
         print(f"\n=== batch {batch.name}: {batch.description} ({len(batch.labels)} images) ===")
         t_batch = time.perf_counter()
-        report = ingest_into(ws.root, batch.save_npz(incoming))
-        print(report.summary())
+        done = app.ingest(ws.root, batch.save_npz(incoming))
+        print(f"data version {done.data_version}")
+        print(done.report.summary())
         t_cycle = time.perf_counter()
-        outcome = run_retrain(ws.root)
+        outcome = app.retrain(ws.root)
         if outcome is None:
             continue
         rows.append((batch.name, outcome))
@@ -98,10 +97,9 @@ def run_demo(workspace: Path | None = None) -> int:
     print(f"plot: {plot}")
     print(f"inspect: ratchet status -w {ws.root}")
     print(f"         mlflow ui --backend-store-uri {ws.tracking_uri}")
-    promoted = sum(o["action"] == "promoted" for _, o in rows)
-    rejected = sum(o["action"] == "rejected" for _, o in rows)
+    promoted = sum(o.action == "promoted" for _, o in rows)
+    rejected = sum(o.action == "rejected" for _, o in rows)
     print(f"{promoted} promoted, {rejected} rejected")
-    held = [s for s in ledger(ws, open_registry(ws)) if s.state == "held"]
-    for state in held:
-        print(f"held, not lost: batch {state.batch_id} (`ratchet requeue` retries, `ratchet drop` retires)")
+    for batch_id in app.status(ws.root).in_state("held"):
+        print(f"held, not lost: batch {batch_id} (`ratchet requeue` retries, `ratchet drop` retires)")
     return 0

@@ -6,32 +6,13 @@ accuracies in metrics.json are both derived from those predictions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
 from ratchet.gate import HeldOut
+from ratchet.metrics import ModelMetrics, SplitMetrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.model import label_indices, preprocess
-
-
-@dataclass(frozen=True)
-class SplitMetrics:
-    accuracy: float
-    n: int
-    correct: int
-    per_class: dict[str, float]  # accuracy per true class name
-
-
-@dataclass(frozen=True)
-class ModelMetrics:
-    old: SplitMetrics | None  # None when there is no old data yet (the first cycle)
-    new: SplitMetrics
-    all: SplitMetrics
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @torch.no_grad()

@@ -6,12 +6,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ratchet.atomic import write_text
 from ratchet.config import Params
-from ratchet.evaluate import ModelMetrics, held_out, model_metrics
+from ratchet.evaluate import held_out, model_metrics
 from ratchet.gate import Decision, GateInput, decide
+from ratchet.metrics import CycleMetrics, ModelMetrics
 from ratchet.report import decision_report
 from ratchet.stages import prepare, train
 from ratchet.stages._common import fresh_dir, load_arrays, stage_main
@@ -54,20 +54,16 @@ def run(prepared: Path, candidate_dir: Path, out: Path, params: Params) -> Evalu
         else None
     )
 
-    metrics: dict[str, Any] = {
-        "candidate": cand_metrics.to_json(),
-        "champion": champ_metrics.to_json() if champ_metrics else None,
-        "gate": decision.numbers(),
-    }
+    metrics = CycleMetrics(candidate=cand_metrics, champion=champ_metrics, gate=decision.numbers())
     decision_json = {
         "promote": decision.promote,
         "reasons": list(decision.reasons),
         "summary": decision.summary(),
     }
     with fresh_dir(out) as tmp:
-        write_text(tmp / METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        write_text(tmp / METRICS, json.dumps(metrics.to_json(), indent=1, sort_keys=True) + "\n")
         write_text(tmp / DECISION, json.dumps(decision_json, indent=1) + "\n")
-        write_text(tmp / REPORT, decision_report(cycle.to_json(), metrics, decision))
+        write_text(tmp / REPORT, decision_report(cycle, metrics, decision))
     print(decision.summary(), flush=True)
     return Evaluation(candidate=cand_metrics, champion=champ_metrics, decision=decision)
 

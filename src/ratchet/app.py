@@ -1,0 +1,223 @@
+"""The use cases: what a person or a schedule asks of ratchet. `cli`, `demo`, the flows' callers
+and the tests call these; nothing here prints except through the callbacks it is given.
+
+Each opens the workspace, takes its lock where it writes, and raises RatchetError (one line) for
+anything a user can cause.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ratchet.errors import InputError, RatchetError
+from ratchet.workspace import Workspace, open_workspace
+
+if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
+    from ratchet.cycle import Outcome
+    from ratchet.data.catalog import BatchInfo
+    from ratchet.data.ingest import IngestReport, ProgressFn
+    from ratchet.data.versioning import DataVersion
+    from ratchet.ledger import BatchState
+    from ratchet.registry import VersionInfo
+
+
+def init(
+    directory: Path,
+    model_name: str | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> tuple[Workspace, list[str]]:
+    """Create or complete a workspace and its MLflow store; returns what it did."""
+    from ratchet.registry import open_registry
+    from ratchet.workspace import init_workspace
+
+    ws, done = init_workspace(directory, model_name=model_name, image_size=image_size, channels=channels)
+    open_registry(ws).ensure_store()
+    return ws, done
+
+
+@dataclass(frozen=True)
+class Ingested:
+    report: IngestReport
+    data_version: DataVersion | None  # None when nothing new came in, or when not versioned
+
+
+def ingest(
+    workspace: Path, source: Path, progress: ProgressFn | None = None, version: bool = True
+) -> Ingested:
+    """Ingest one batch and (unless told not to) version it with DVC; undone whole if versioning fails."""
+    from ratchet.data import versioning
+    from ratchet.data.ingest import ingest_batch
+    from ratchet.registry import open_registry
+
+    ws = open_workspace(workspace)
+    params = ws.params()
+    if not source.exists():
+        raise InputError(f"batch not found: {source}")
+
+    def dropped() -> set[str]:
+        # a relabelled copy of a dropped batch is new data: its samples do not count as ingested
+        registry = open_registry(ws, params)
+        registry.ensure_store()
+        return {b for b, mark in registry.batch_marks().items() if mark.action == "drop"}
+
+    with ws.lock():
+        report = ingest_batch(source, ws.data_dir, params.data, progress, dropped)
+        if report.batch_id is None or not version:
+            return Ingested(report, None)
+        try:
+            data_version = versioning.version_data(ws.root, f"ingest {report.batch_id} from {source.name}")
+        except BaseException:
+            # keep data/ equal to the last committed data version: no half-ingested batch is left behind
+            assert report.batch_dir is not None
+            shutil.rmtree(report.batch_dir, ignore_errors=True)
+            shutil.rmtree(ws.data_dir / "quarantine" / report.batch_id, ignore_errors=True)
+            raise
+    return Ingested(report, data_version)
+
+
+def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> Outcome | None:
+    """One cycle (the Prefect flow) over the pending batches; None when nothing is pending."""
+    from ratchet.flows.retrain import retrain as flow
+    from ratchet.train import strategies
+
+    # fail with one line before starting Prefect
+    open_workspace(workspace).params()
+    if strategy is not None:
+        strategies.check(strategy)
+    return flow(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
+
+
+@dataclass(frozen=True)
+class Status:
+    model_name: str
+    versions: list[VersionInfo]  # oldest first
+    batches: list[BatchState]  # every ingested batch, oldest first
+    sources: dict[str, str]  # batch id -> the name it was ingested from
+
+    @property
+    def champion(self) -> VersionInfo | None:
+        return next((v for v in self.versions if v.status == "champion"), None)
+
+    def in_state(self, state: str) -> list[str]:
+        return [b.batch_id for b in self.batches if b.state == state]
+
+
+def status(workspace: Path) -> Status:
+    from ratchet.cycle import ledger
+    from ratchet.data import catalog
+    from ratchet.registry import open_registry
+
+    ws = open_workspace(workspace)
+    registry = open_registry(ws)
+    registry.ensure_store()
+    return Status(
+        model_name=registry.name,
+        versions=registry.versions(),
+        batches=ledger(ws, registry),
+        sources={b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)},
+    )
+
+
+def find_batch(states: list[BatchState], batches: list[BatchInfo], name: str) -> BatchState:
+    """A batch by id, unique id prefix or the name it was ingested from."""
+    by_id = {s.batch_id: s for s in states}
+    matches = sorted(
+        {b.batch_id for b in batches if b.batch_id == name}
+        or {b.batch_id for b in batches if name in (b.source_name, Path(b.source_name).stem)}
+        or {b.batch_id for b in batches if b.batch_id.startswith(name)}
+    )
+    if not matches:
+        known = ", ".join(b.batch_id for b in batches) or "none"
+        raise InputError(f"no batch {name!r} in this workspace (known: {known})")
+    if len(matches) > 1:
+        raise InputError(f"{name!r} names several batches ({', '.join(matches)}): give the batch id")
+    return by_id[matches[0]]
+
+
+def who(by: str | None) -> str:
+    try:
+        return by or getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry: a bare container
+        raise InputError("cannot tell who you are: pass --by NAME") from None
+
+
+def requeue(
+    workspace: Path, batch: str, reason: str, by: str | None = None, strategy: str | None = None
+) -> BatchState:
+    """Put a held (or dropped) batch back in the queue, on record; returns it as it was."""
+    from ratchet.train import strategies
+
+    if strategy is not None:
+        strategies.check(strategy)
+    return _mark(workspace, batch, "requeue", reason, who(by), strategy)
+
+
+def drop(workspace: Path, batch: str, reason: str, by: str | None = None) -> BatchState:
+    """Retire a held or pending batch on record: it is never trained on; returns it as it was."""
+    return _mark(workspace, batch, "drop", reason, who(by), None)
+
+
+def _mark(workspace: Path, batch: str, action: str, reason: str, by: str, strategy: str | None) -> BatchState:
+    from ratchet.cycle import ledger
+    from ratchet.data import catalog
+    from ratchet.ledger import BatchMark
+    from ratchet.registry import open_registry
+
+    ws = open_workspace(workspace)
+    with ws.lock():
+        registry = open_registry(ws)
+        registry.ensure_store()
+        state = find_batch(ledger(ws, registry), catalog.list_batches(ws.data_dir), batch)
+        allowed = ("held", "dropped") if action == "requeue" else ("held", "pending")
+        if state.state not in allowed:
+            raise InputError(
+                f"batch {state.batch_id} is {state.state}: only {' or '.join(allowed)} batches can be "
+                + ("requeued" if action == "requeue" else "dropped")
+            )
+        mark = BatchMark(
+            action="requeue" if action == "requeue" else "drop",
+            reason=reason,
+            by=by,
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            after_version=state.version,
+            strategy=strategy,
+        )
+        registry.mark_batch(state.batch_id, mark)
+    return state
+
+
+def rollback(workspace: Path, to: str | None = None) -> tuple[str, str]:
+    """Point @champion back at an earlier promoted version; returns (from, to)."""
+    from ratchet.registry import open_registry
+
+    ws = open_workspace(workspace)
+    with ws.lock():
+        return open_registry(ws).rollback(to)
+
+
+def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] | None = None) -> DataVersion:
+    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
+    import tempfile
+
+    from ratchet.data import versioning
+    from ratchet.data.digits import digits_stream
+
+    ws = open_workspace(directory)
+    with tempfile.TemporaryDirectory() as incoming:
+        for batch in digits_stream():
+            done = ingest(ws.root, batch.save_npz(Path(incoming)), version=False)
+            if on_batch is not None:
+                on_batch(batch.name, done.report.batch_id)  # None: already present
+    # cache what was regenerated under data.dvc's hash; if the hash moved, the data is not that version
+    versioning.dvc(ws.root, "commit", "-f", "-q", versioning.DATA_DVC)
+    if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
+        versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
+        raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")
+    return versioning.data_version(ws.root)
