@@ -91,6 +91,23 @@ def test_missing_key_is_named_with_its_dotted_path() -> None:
     assert "missing" in str(err) and "train.seed" in str(err)
 
 
+def test_keys_with_a_default_may_be_left_out() -> None:
+    # params.yaml written before registry.tracking_uri and registry.registry_uri existed still loads
+    r = raw()
+    del r["registry"]["tracking_uri"], r["registry"]["registry_uri"]
+    p = parse_params(r)
+    assert p.registry.tracking_uri is None and p.registry.registry_uri is None
+    assert p == parse_params(raw())
+
+
+def test_store_uris_are_strings_when_set() -> None:
+    r = raw()
+    r["registry"]["tracking_uri"] = "http://mlflow:5000"
+    assert parse_params(r).registry.tracking_uri == "http://mlflow:5000"
+    r["registry"]["tracking_uri"] = ""
+    assert "registry.tracking_uri" in str(refused(r))
+
+
 def test_missing_section_is_named() -> None:
     r = raw()
     del r["gate"]

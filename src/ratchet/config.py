@@ -25,6 +25,8 @@ STRATEGIES: tuple[str, ...] = ("finetune", "replay", "ewc", "lwf", "transfer", "
 class RegistryParams:
     model_name: str
     experiment: str
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,11 +148,16 @@ def _build(cls: type[T], raw: Any, prefix: str) -> T:
     if unknown:
         dotted = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
         raise InputError(f"params: unknown key {dotted} (known: {', '.join(fields)})")
-    missing = [f for f in fields if f not in raw]
+    # a field with a default may be left out: files written before it existed still load
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in raw and f.default is dataclasses.MISSING
+    ]
     if missing:
         dotted = ", ".join(f"{prefix}.{k}" if prefix else k for k in missing)
         raise InputError(f"params: missing key {dotted}")
-    values = {f: _coerce(raw[f], hints[f], f"{prefix}.{f}" if prefix else f) for f in fields}
+    values = {f: _coerce(raw[f], hints[f], f"{prefix}.{f}" if prefix else f) for f in fields if f in raw}
     return cls(**values)
 
 
