@@ -227,7 +227,7 @@ def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream:
     np.save(images, batch.images[:200, :, :, None])  # uint8 (N, H, W, C), as the signature says
     code = f"""
 import mlflow, numpy as np
-mlflow.set_tracking_uri({streamed.ws.tracking_uri!r})
+mlflow.set_tracking_uri({streamed.registry.tracking_uri!r})
 model = mlflow.pyfunc.load_model("models:/digits-it@champion")
 out = model.predict(np.load({str(images)!r}))
 print(",".join(out["label"].astype(str)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,34 @@ def make_cycle(
 
 
 def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
+    """The workspace's registry, in the one place that decides which MLflow stores it lives in.
+
+    Tracking: MLFLOW_TRACKING_URI, else params registry.tracking_uri, else the workspace's own sqlite
+    file under mlruns/. Registry: MLFLOW_REGISTRY_URI, else registry.registry_uri (unless the tracking
+    URI came from the environment), else the tracking URI.
+    """
     from ratchet.registry import Registry
 
     p = params or ws.params()
-    return Registry(ws, p.registry.model_name, p.registry.experiment)
+    env_tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = env_tracking or p.registry.tracking_uri or ws.tracking_uri
+    # a tracking URI from the environment overrides params.yaml's registry too: it names the whole store
+    registry_uri = (
+        os.environ.get("MLFLOW_REGISTRY_URI")
+        or (None if env_tracking else p.registry.registry_uri)
+        or tracking_uri
+    )
+    local = tracking_uri == ws.tracking_uri
+    if ws.tracking_uri in (tracking_uri, registry_uri):  # mlruns/ only for the workspace's own store
+        ws.mlruns.mkdir(parents=True, exist_ok=True)
+    return Registry(
+        tracking_uri,
+        registry_uri,
+        p.registry.model_name,
+        p.registry.experiment,
+        # the local store keeps artifacts beside it; any other store (a server) decides for itself
+        artifact_location=ws.artifact_uri if local else None,
+    )
 
 
 def ledger(ws: Workspace, registry: Registry) -> list[BatchState]:

@@ -95,12 +95,17 @@ def run_demo(workspace: Path | None = None) -> int:
     print("\n" + cycle_table(rows))
     print("\ntimings: " + "; ".join(timings) + f"; total {time.perf_counter() - t0:.1f}s")
     print(f"plot: {plot}")
+    registry = open_registry(ws)
+    store = registry.tracking_uri  # the store actually used: MLFLOW_TRACKING_URI may name another
     print(f"inspect: ratchet status -w {ws.root}")
-    print(f"         mlflow ui --backend-store-uri {ws.tracking_uri}")
+    if store.startswith(("http://", "https://")):  # a tracking server is its own UI
+        print(f"         {store}")
+    else:
+        print(f"         mlflow ui --backend-store-uri {store}")
     promoted = sum(o["action"] == "promoted" for _, o in rows)
     rejected = sum(o["action"] == "rejected" for _, o in rows)
     print(f"{promoted} promoted, {rejected} rejected")
-    held = [s for s in ledger(ws, open_registry(ws)) if s.state == "held"]
+    held = [s for s in ledger(ws, registry) if s.state == "held"]
     for state in held:
         print(f"held, not lost: batch {state.batch_id} (`ratchet requeue` retries, `ratchet drop` retires)")
     return 0

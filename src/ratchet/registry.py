@@ -8,6 +8,7 @@ tags with its lineage, metrics and decision, and a one-paragraph description a r
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ import ratchet
 from ratchet.errors import RatchetError
 from ratchet.ledger import BatchMark, Decided
 from ratchet.report import accuracy
-from ratchet.workspace import Workspace
 
 PREFIX = "ratchet."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @dataclass(frozen=True)
@@ -118,26 +119,58 @@ class CandidateRecord:
 
 
 class Registry:
-    def __init__(self, ws: Workspace, model_name: str, experiment: str) -> None:
-        import mlflow
+    """One registered model and its experiment, in the tracking and registry stores the URIs name.
+
+    `artifact_location` is where a new experiment keeps its artifacts; None leaves it to the store
+    (a tracking server's default artifact root). Which URIs to use is `cycle.open_registry`'s call.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        registry_uri: str,
+        model_name: str,
+        experiment: str,
+        artifact_location: str | None = None,
+    ) -> None:
         from mlflow import MlflowClient
 
-        ws.mlruns.mkdir(parents=True, exist_ok=True)
-        # set here, not at import: the tracking store is the workspace's own sqlite file
-        mlflow.set_tracking_uri(ws.tracking_uri)
-        mlflow.set_registry_uri(ws.tracking_uri)
-        self.ws = ws
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri
         self.name = model_name
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._use_globally()
+
+    def _use_globally(self) -> None:
+        """Point mlflow's process-wide URIs (start_run, register_model, download_artifacts) here.
+
+        Set here, not at import; and again before each use, as another Registry may have moved them.
+        mlflow also copies them into MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for child processes;
+        those variables are put back as they were: they are the user's choice of store (see
+        `cycle.open_registry`), and the next workspace opened here or in a child must not inherit this one.
+        """
+        import mlflow
+
+        saved = {var: os.environ.get(var) for var in _URI_VARS}
+        try:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.registry_uri)
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
 
     def ensure_store(self) -> str:
-        """Create the experiment (artifacts under mlruns/artifacts) and the registered model; idempotent."""
+        """Create the experiment and the registered model; idempotent."""
         exp = self.client.get_experiment_by_name(self.experiment)
         exp_id = (
             exp.experiment_id
             if exp is not None
-            else self.client.create_experiment(self.experiment, artifact_location=self.ws.artifact_uri)
+            else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
         )
         if not self.client.search_registered_models(f"name='{self.name}'"):
             self.client.create_registered_model(
@@ -211,6 +244,7 @@ class Registry:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
         import mlflow
 
+        self._use_globally()
         dst.mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{self.name}/{version}", dst_path=str(dst)
@@ -226,6 +260,7 @@ class Registry:
         """One run (params, per-epoch metrics, evaluation, report) and one registered version with tags."""
         import mlflow
 
+        self._use_globally()
         exp_id = self.ensure_store()
         tags = self._version_tags(rec)
         with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
