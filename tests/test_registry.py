@@ -1,4 +1,4 @@
-"""The registry on real MLflow stores: which store a workspace uses."""
+"""The registry on real MLflow stores: which store a workspace uses, and lookups by alias and by tag."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from ratchet.cycle import open_registry
-from ratchet.registry import CandidateRecord
+from ratchet.registry import CandidateRecord, Registry
 from ratchet.workspace import Workspace, template
 
 
@@ -141,3 +142,44 @@ def test_params_tracking_uri_is_used_without_the_environment(ws: Workspace, tmp_
     registry_only = sqlite(tmp_path / "registry.db")
     set_registry_params(ws, registry_uri=registry_only)
     assert open_registry(ws).registry_uri == registry_only
+
+
+# ---- lookups --------------------------------------------------------------------------------
+
+
+def test_champion_by_alias_and_cycles_by_tag(ws: Workspace, tmp_path: Path) -> None:
+    registry = open_registry(ws)
+    assert registry.champion() is None  # no registered model yet
+    registry.ensure_store()
+    assert registry.champion() is None  # a model, no versions
+    # a cycle.json edited by hand could hold a quote: the filter must still find it
+    cycles = ["c-1", "c-2", "hand'edited"]
+    for cycle_id in cycles:
+        registry.log_candidate(record(tmp_path, cycle_id))
+    # another model in the same store with a clashing cycle id: found only under its own name
+    Registry(
+        registry.tracking_uri, registry.registry_uri, "other-model", "ratchet", ws.artifact_uri
+    ).log_candidate(record(tmp_path / "other", "c-2"))
+    assert registry.champion() is None  # versions, none promoted
+
+    registry.promote("2", expected_parent=None)
+    registry.mark_challenger("3")
+    by_version = {v.version: v for v in registry.versions()}
+    assert sorted(by_version) == ["1", "2", "3"]
+
+    champion = registry.champion()
+    assert champion is not None and champion == by_version["2"]
+    assert champion.aliases == ("champion",) and champion.status == "champion"
+    for version, cycle_id in zip(("1", "2", "3"), cycles, strict=True):
+        assert registry.find_cycle(cycle_id) == by_version[version]
+    found = registry.find_cycle("hand'edited")
+    assert found is not None and found.aliases == ("challenger",)
+    assert registry.find_cycle("c-unknown") is None
+    assert registry.find_cycle('it\'s "unknown"') is None  # no quoting expresses it: every version scanned
+
+
+def test_champion_does_not_hide_other_registry_errors(ws: Workspace) -> None:
+    registry = open_registry(ws)
+    bad = Registry(registry.tracking_uri, registry.registry_uri, "", "ratchet")
+    with pytest.raises(MlflowException):
+        bad.champion()

@@ -182,34 +182,54 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name='{self.name}'")
-        infos = [
-            VersionInfo(
-                version=str(mv.version),
-                tags=dict(mv.tags or {}),
-                aliases=tuple(getattr(mv, "aliases", []) or []),
-                description=mv.description or "",
-                run_id=mv.run_id or "",
-            )
-            for mv in found
-        ]
+        if not found:
+            return []
         # aliases are authoritative on the registered model; some stores omit them on search results
-        model = self.client.get_registered_model(self.name) if found else None
         alias_map: dict[str, list[str]] = {}
-        for alias, version in (getattr(model, "aliases", None) or {}).items():
-            alias_map.setdefault(str(version), []).append(alias)
-        infos = [
-            VersionInfo(
-                i.version, i.tags, tuple(sorted(alias_map.get(i.version, []))), i.description, i.run_id
-            )
-            for i in infos
-        ]
+        for alias, version in self._aliases().items():
+            alias_map.setdefault(version, []).append(alias)
+        infos = [_info(mv, alias_map.get(str(mv.version), [])) for mv in found]
         return sorted(infos, key=lambda i: int(i.version))
 
     def champion(self) -> VersionInfo | None:
-        return next((v for v in self.versions() if CHAMPION in v.aliases), None)
+        """The version @champion points at; None while there is none (or no registered model yet)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import (
+            INVALID_PARAMETER_VALUE,
+            RESOURCE_DOES_NOT_EXIST,
+            ErrorCode,
+        )
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, CHAMPION)
+        except MlflowException as exc:
+            code = exc.error_code
+            if code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):  # no registered model
+                return None
+            # an unset alias is INVALID_PARAMETER_VALUE (sqlite and REST stores), as is a bad name:
+            # None only when the model really has no such alias
+            if code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and CHAMPION not in self._aliases():
+                return None
+            raise
+        return _info(mv)
 
     def find_cycle(self, cycle_id: str) -> VersionInfo | None:
-        return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
+        """The version a cycle registered (the lowest, should there be several); None if none did."""
+        quote = next((q for q in ("'", '"') if q not in cycle_id), None)
+        if quote is None:  # no quoting can express it in a filter: look through every version
+            return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
+        found = self.client.search_model_versions(
+            f"name='{self.name}' AND tags.`{PREFIX}cycle_id` = {quote}{cycle_id}{quote}"
+        )
+        if not found:
+            return None
+        first = min(found, key=lambda mv: int(mv.version))
+        # search results carry no aliases in every store: the version itself does
+        return _info(self.client.get_model_version(self.name, str(first.version)))
+
+    def _aliases(self) -> dict[str, str]:
+        model = self.client.get_registered_model(self.name)
+        return {alias: str(v) for alias, v in (getattr(model, "aliases", None) or {}).items()}
 
     def decided(self) -> list[Decided]:
         """Every applied decision (promoted or rejected), for the batch ledger.
@@ -381,9 +401,19 @@ class Registry:
         return current.version, target
 
     def _drop_alias(self, alias: str, version: str) -> None:
-        model = self.client.get_registered_model(self.name)
-        if str((getattr(model, "aliases", None) or {}).get(alias, "")) == version:
+        if self._aliases().get(alias) == version:
             self.client.delete_registered_model_alias(self.name, alias)
+
+
+def _info(mv: Any, aliases: Sequence[str] | None = None) -> VersionInfo:
+    """A registry ModelVersion as a VersionInfo; `aliases` when the caller knows them better."""
+    return VersionInfo(
+        version=str(mv.version),
+        tags=dict(mv.tags or {}),
+        aliases=tuple(sorted((getattr(mv, "aliases", None) or []) if aliases is None else aliases)),
+        description=mv.description or "",
+        run_id=mv.run_id or "",
+    )
 
 
 def _now() -> str:
