@@ -271,7 +271,7 @@ def run_stream(stream: Stream, test: TestSplit, workdir: Path) -> dict[str, Any]
 
         candidate = score(outcome.version)
         all_levels = levels if stream.family.startswith("domain") else [0]
-        row = {
+        row: dict[str, Any] = {
             "batch": batch.name,
             "kind": batch.kind,
             "batch_id": report.batch_id,

@@ -51,5 +51,5 @@ def test_replay_passes_every_cycle_of_a_class_incremental_stream(tmp_path: Path)
     ws = open_workspace(root)
     champion = open_registry(ws).champion()
     assert champion is not None and champion.version == outcomes[-1].version
-    assert champion.metrics["candidate"]["all"] is not None and champion.metrics["candidate"]["all"] > 0.9
+    assert champion.metrics.candidate.all is not None and champion.metrics.candidate.all > 0.9
     assert {s.state for s in ledger(ws, open_registry(ws))} == {"learned"}

@@ -383,7 +383,8 @@ def test_digest_changes_when_a_value_changes() -> None:
 
 
 def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> None:
-    # given an old file lacking two keys, with a user-changed value and a user comment
+    # given the previous release's file (it predates the registry URIs and DER++) lacking two more
+    # keys, with a user-changed value and a user comment
     text = without(SCHEMA1, "seed", "max_label_gap_pt")
     text = text.replace("  num_epochs: 12", "  num_epochs: 3   # we have little time")
     # when completed
@@ -394,6 +395,8 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "registry.tracking_uri",
         "registry.registry_uri",
         "train.seed",
+        "train.derpp_alpha",
+        "train.derpp_beta",
         "gate.max_label_gap_pt",
     ]
     old_lines, new_lines = text.splitlines(), new.splitlines()
@@ -403,6 +406,8 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "tracking_uri",
         "registry_uri",
         "seed",
+        "derpp_alpha",
+        "derpp_beta",
         "max_label_gap_pt",
     ]
     it = iter(new_lines)
@@ -423,7 +428,14 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
 def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
     text = "schema: 1\n" + without_section(SCHEMA1, "gate")
     new, added = complete_params(text)
-    assert added == ["schema", "registry.tracking_uri", "registry.registry_uri", "gate"]
+    assert added == [
+        "schema",
+        "registry.tracking_uri",
+        "registry.registry_uri",
+        "train.derpp_alpha",
+        "train.derpp_beta",
+        "gate",
+    ]
     assert new.startswith("schema: 2\n")
     assert new.endswith(render_params()[render_params().index("gate:") :])
 

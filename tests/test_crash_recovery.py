@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ratchet import cycle as cyc
 from ratchet import app
+from ratchet import cycle as cyc
 from ratchet.registry import open_registry
 from ratchet.stages import train
 from ratchet.workspace import init_workspace, open_workspace

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -61,9 +60,7 @@ def test_the_gate_promotes_good_batches_and_rejects_scrambled_labels(streamed: S
         "digits-scrambled": "rejected",
         "digits-rest": "promoted",
     }
-    failed = {
-        r.split(": ")[1] for r in streamed.outcomes["digits-scrambled"].reasons if r.startswith("FAIL")
-    }
+    failed = {r.split(": ")[1] for r in streamed.outcomes["digits-scrambled"].reasons if r.startswith("FAIL")}
     # caught on purpose: the labels disagree with both models, and the candidate forgot
     assert {"labels", "forgetting"} <= failed
     labels = next(r for r in streamed.outcomes["digits-scrambled"].reasons if r.startswith("FAIL: labels"))
@@ -229,7 +226,7 @@ def test_champion_loads_with_pyfunc_in_a_fresh_process(streamed: Stream, stream:
     np.save(images, batch.images[:200, :, :, None])  # uint8 (N, H, W, C), as the signature says
     code = f"""
 import mlflow, numpy as np
-mlflow.set_tracking_uri({streamed.ws.tracking_uri!r})
+mlflow.set_tracking_uri({streamed.registry.tracking_uri!r})
 model = mlflow.pyfunc.load_model("models:/digits-it@champion")
 out = model.predict(np.load({str(images)!r}))
 print(",".join(out["label"].astype(str)))

@@ -97,6 +97,7 @@ def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None)
 @dataclass(frozen=True)
 class Status:
     model_name: str
+    tracking_uri: str  # the MLflow store in use
     versions: list[VersionInfo]  # oldest first
     batches: list[BatchState]  # every ingested batch, oldest first
     sources: dict[str, str]  # batch id -> the name it was ingested from
@@ -119,6 +120,7 @@ def status(workspace: Path) -> Status:
     registry.ensure_store()
     return Status(
         model_name=registry.name,
+        tracking_uri=registry.tracking_uri,
         versions=registry.versions(),
         batches=ledger(ws, registry),
         sources={b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)},

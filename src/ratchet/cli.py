@@ -142,13 +142,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {s.batch_id}  {now.sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
     for v in now.versions:
         d = v.to_json()
-        m = d["metrics"]
+        m = v.metrics
         print(
             f"\nversion {v.version}  {v.status}  parent {d['parent'] or '-'}  strategy {d['strategy']}\n"
             f"  batches {', '.join(d['batches'])}  data {d['data_version']}\n  "
             + "   ".join(
-                f"{split}: champion {fmt_accuracy(m['champion'][split])} "
-                f"candidate {fmt_accuracy(m['candidate'][split])}"
+                f"{split}: champion {fmt_accuracy(m.champion.split(split))} "
+                f"candidate {fmt_accuracy(m.candidate.split(split))}"
                 for split in ("old", "new")
             )
         )

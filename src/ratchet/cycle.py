@@ -18,6 +18,7 @@ from typing import Any
 from ratchet.config import Params
 from ratchet.data import catalog, versioning
 from ratchet.ledger import BatchState, batch_states
+from ratchet.metrics import Action, CycleMetrics, Headline
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle, code_version
 from ratchet.train import strategies
@@ -127,14 +128,10 @@ class Outcome:
     parent: str | None
     batches: tuple[str, ...]
     strategy: str
-    metrics: dict[str, dict[str, float | None]]
-    promote: bool
-    action: str  # promoted | rejected | challenger (dry run)
+    metrics: Headline
+    action: Action
     reasons: tuple[str, ...]
-    resumed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    resumed: bool  # an earlier run registered this cycle, then crashed before applying the decision
 
 
 def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
@@ -152,7 +149,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         [str(p.relative_to(ws.root)) for p in paths.committed()] + ["dvc.yaml", "dvc.lock"],
         f"cycle {cycle.cycle_id}: candidate for {', '.join(cycle.new_batches)}",
     )
-    metrics = json.loads((paths.eval / evaluate.METRICS).read_text())
+    metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())
     rec = CandidateRecord(
@@ -167,7 +164,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         params_hash=params.digest(),
         history=history,
         metrics=metrics,
-        promote=bool(decision["promote"]),
+        verdict="promote" if decision["promote"] else "reject",
         reasons=tuple(decision["reasons"]),
         summary=str(decision["summary"]),
         checkpoint_dir=paths.candidate / train.CHECKPOINT,
@@ -179,7 +176,8 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
 def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool) -> Outcome:
     """Promote (move @champion) or leave rejected; a dry run marks a passing candidate @challenger."""
     registry = open_registry(ws)
-    promote = version.tag("decision") == "promote"
+    promote = version.verdict == "promote"
+    action: Action
     if promote and dry_run:
         registry.mark_challenger(version.version)
         action = "challenger"
@@ -196,7 +194,6 @@ def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resu
         batches=cycle.new_batches,
         strategy=cycle.strategy,
         metrics=version.metrics,
-        promote=promote,
         action=action,
         reasons=version.reasons,
         resumed=resumed,

@@ -9,11 +9,12 @@ from pathlib import Path
 from ratchet import app
 from ratchet.cycle import Outcome
 from ratchet.data.digits import digits_stream
+from ratchet.metrics import MODELS, SPLITS, Model, Split
 from ratchet.report import fmt_accuracy
 
 
-def _acc(o: Outcome, model: str, split: str) -> str:
-    return fmt_accuracy(o.metrics[model][split])
+def _acc(o: Outcome, model: Model, split: Split) -> str:
+    return fmt_accuracy(o.metrics.of(model).split(split))
 
 
 def cycle_table(rows: list[tuple[str, Outcome]]) -> str:
@@ -44,9 +45,9 @@ def plot_cycles(rows: list[tuple[str, Outcome]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     xs = range(1, len(rows) + 1)
-    for ax, split in zip(axes, ("old", "new"), strict=True):
-        for model, style in (("champion", "o--"), ("candidate", "s-")):
-            ys = [o.metrics[model][split] for _, o in rows]
+    for ax, split in zip(axes, SPLITS[:2], strict=True):
+        for model, style in zip(MODELS, ("o--", "s-"), strict=True):
+            ys = [o.metrics.of(model).split(split) for _, o in rows]
             ax.plot(xs, [float("nan") if y is None else y for y in ys], style, label=model)
         for x, (_, o) in zip(xs, rows, strict=True):
             ax.axvspan(
@@ -95,11 +96,16 @@ def run_demo(workspace: Path | None = None) -> int:
     print("\n" + cycle_table(rows))
     print("\ntimings: " + "; ".join(timings) + f"; total {time.perf_counter() - t0:.1f}s")
     print(f"plot: {plot}")
+    now = app.status(ws.root)
+    store = now.tracking_uri  # the store actually used: MLFLOW_TRACKING_URI may name another
     print(f"inspect: ratchet status -w {ws.root}")
-    print(f"         mlflow ui --backend-store-uri {ws.tracking_uri}")
+    if store.startswith(("http://", "https://")):  # a tracking server is its own UI
+        print(f"         {store}")
+    else:
+        print(f"         mlflow ui --backend-store-uri {store}")
     promoted = sum(o.action == "promoted" for _, o in rows)
     rejected = sum(o.action == "rejected" for _, o in rows)
     print(f"{promoted} promoted, {rejected} rejected")
-    for batch_id in app.status(ws.root).in_state("held"):
+    for batch_id in now.in_state("held"):
         print(f"held, not lost: batch {batch_id} (`ratchet requeue` retries, `ratchet drop` retires)")
     return 0

@@ -11,8 +11,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal, cast
 
+# The verdict vocabulary, one word per meaning: the gate's call on a candidate, and what was done
+# about it (a dry run marks a passing candidate challenger instead of promoting it).
+Verdict = Literal["promote", "reject"]
+Action = Literal["promoted", "rejected", "challenger"]
+
 Split = Literal["old", "new", "all"]
+Model = Literal["champion", "candidate"]
 SPLITS: tuple[Split, ...] = ("old", "new", "all")
+MODELS: tuple[Model, ...] = ("champion", "candidate")
 GateNumbers = dict[str, dict[str, float | None]]  # check name -> its measurements
 
 
@@ -78,13 +85,16 @@ class Headline:
     champion: Accuracies
     candidate: Accuracies
 
+    def of(self, model: Model) -> Accuracies:
+        return self.champion if model == "champion" else self.candidate
+
     def to_tags(self) -> dict[str, str]:
         """`metrics.<model>.<split>` -> four decimals, for the accuracies there are."""
         return {
             f"metrics.{model}.{split}": f"{value:.4f}"
-            for model, acc in (("champion", self.champion), ("candidate", self.candidate))
+            for model in MODELS
             for split in SPLITS
-            if (value := acc.split(split)) is not None
+            if (value := self.of(model).split(split)) is not None
         }
 
     @staticmethod

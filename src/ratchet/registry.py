@@ -8,26 +8,30 @@ tags with its lineage, metrics and decision, and a one-paragraph description a r
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
-import ratchet
-from ratchet.config import Params
 from ratchet.errors import RatchetError
 from ratchet.ledger import BatchMark, Decided
-from ratchet.report import accuracy
-from ratchet.workspace import Workspace
+from ratchet.metrics import MODELS, SPLITS, Action, CycleMetrics, Headline, Verdict
+from ratchet.stages.inputs import code_version
 
 PREFIX = "ratchet."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
+if TYPE_CHECKING:
+    from ratchet.config import Params
+    from ratchet.workspace import Workspace
+
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,16 @@ class VersionInfo:
         return [x for x in self.tag(key).split(",") if x]
 
     @property
-    def outcome(self) -> str:
-        """promoted | rejected | challenger once the decision is applied; empty before."""
-        return self.tag("outcome")
+    def verdict(self) -> Verdict | None:
+        """The gate's call, recorded with the version."""
+        raw = self.tag("decision")
+        return "promote" if raw == "promote" else "reject" if raw == "reject" else None
+
+    @property
+    def action(self) -> Action | None:
+        """What was done about the verdict; None until the decision is applied."""
+        raw = self.tag("outcome")
+        return cast(Action, raw) if raw in get_args(Action) else None
 
     @property
     def status(self) -> str:
@@ -57,9 +68,9 @@ class VersionInfo:
             return "rolled back"
         if self.tag("promoted_at"):
             return "promoted earlier"
-        if self.tag("decision") == "reject":
+        if self.verdict == "reject":
             return "rejected"
-        if self.tag("decision") == "promote":
+        if self.verdict == "promote":
             return "awaiting approval"
         return "unknown"
 
@@ -68,14 +79,8 @@ class VersionInfo:
         return tuple(r for r in self.tag("reasons").split("\n") if r)
 
     @property
-    def metrics(self) -> dict[str, dict[str, float | None]]:
-        out: dict[str, dict[str, float | None]] = {}
-        for model in ("champion", "candidate"):
-            out[model] = {}
-            for split in ("old", "new", "all"):
-                raw = self.tag(f"metrics.{model}.{split}")
-                out[model][split] = float(raw) if raw else None
-        return out
+    def metrics(self) -> Headline:
+        return Headline.from_tags(self.tag)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,8 +94,8 @@ class VersionInfo:
             "git_commit": self.tag("git_commit"),
             "strategy": self.tag("strategy"),
             "params_hash": self.tag("params_hash"),
-            "decision": self.tag("decision"),
-            "metrics": self.metrics,
+            "decision": self.verdict,
+            "metrics": self.metrics.to_json(),
             "reasons": list(self.reasons),
             "run_id": self.run_id,
         }
@@ -110,8 +115,8 @@ class CandidateRecord:
     params: dict[str, Any]  # flattened params.yaml, logged as run params
     params_hash: str
     history: Sequence[dict[str, float]]  # per epoch: epoch, loss, accuracy, seconds
-    metrics: dict[str, Any]  # {"champion": ModelMetrics json | None, "candidate": ...}
-    promote: bool
+    metrics: CycleMetrics
+    verdict: Verdict
     reasons: Sequence[str]
     summary: str
     checkpoint_dir: Path
@@ -119,26 +124,58 @@ class CandidateRecord:
 
 
 class Registry:
-    def __init__(self, ws: Workspace, model_name: str, experiment: str) -> None:
-        import mlflow
+    """One registered model and its experiment, in the tracking and registry stores the URIs name.
+
+    `artifact_location` is where a new experiment keeps its artifacts; None leaves it to the store
+    (a tracking server's default artifact root). Which URIs to use is `cycle.open_registry`'s call.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        registry_uri: str,
+        model_name: str,
+        experiment: str,
+        artifact_location: str | None = None,
+    ) -> None:
         from mlflow import MlflowClient
 
-        ws.mlruns.mkdir(parents=True, exist_ok=True)
-        # set here, not at import: the tracking store is the workspace's own sqlite file
-        mlflow.set_tracking_uri(ws.tracking_uri)
-        mlflow.set_registry_uri(ws.tracking_uri)
-        self.ws = ws
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri
         self.name = model_name
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._use_globally()
+
+    def _use_globally(self) -> None:
+        """Point mlflow's process-wide URIs (start_run, register_model, download_artifacts) here.
+
+        Set here, not at import; and again before each use, as another Registry may have moved them.
+        mlflow also copies them into MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for child processes;
+        those variables are put back as they were: they are the user's choice of store (see
+        `cycle.open_registry`), and the next workspace opened here or in a child must not inherit this one.
+        """
+        import mlflow
+
+        saved = {var: os.environ.get(var) for var in _URI_VARS}
+        try:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.registry_uri)
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
 
     def ensure_store(self) -> str:
-        """Create the experiment (artifacts under mlruns/artifacts) and the registered model; idempotent."""
+        """Create the experiment and the registered model; idempotent."""
         exp = self.client.get_experiment_by_name(self.experiment)
         exp_id = (
             exp.experiment_id
             if exp is not None
-            else self.client.create_experiment(self.experiment, artifact_location=self.ws.artifact_uri)
+            else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
         )
         if not self.client.search_registered_models(f"name='{self.name}'"):
             self.client.create_registered_model(
@@ -150,34 +187,54 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name='{self.name}'")
-        infos = [
-            VersionInfo(
-                version=str(mv.version),
-                tags=dict(mv.tags or {}),
-                aliases=tuple(getattr(mv, "aliases", []) or []),
-                description=mv.description or "",
-                run_id=mv.run_id or "",
-            )
-            for mv in found
-        ]
+        if not found:
+            return []
         # aliases are authoritative on the registered model; some stores omit them on search results
-        model = self.client.get_registered_model(self.name) if found else None
         alias_map: dict[str, list[str]] = {}
-        for alias, version in (getattr(model, "aliases", None) or {}).items():
-            alias_map.setdefault(str(version), []).append(alias)
-        infos = [
-            VersionInfo(
-                i.version, i.tags, tuple(sorted(alias_map.get(i.version, []))), i.description, i.run_id
-            )
-            for i in infos
-        ]
+        for alias, version in self._aliases().items():
+            alias_map.setdefault(version, []).append(alias)
+        infos = [_info(mv, alias_map.get(str(mv.version), [])) for mv in found]
         return sorted(infos, key=lambda i: int(i.version))
 
     def champion(self) -> VersionInfo | None:
-        return next((v for v in self.versions() if CHAMPION in v.aliases), None)
+        """The version @champion points at; None while there is none (or no registered model yet)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import (
+            INVALID_PARAMETER_VALUE,
+            RESOURCE_DOES_NOT_EXIST,
+            ErrorCode,
+        )
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, CHAMPION)
+        except MlflowException as exc:
+            code = exc.error_code
+            if code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):  # no registered model
+                return None
+            # an unset alias is INVALID_PARAMETER_VALUE (sqlite and REST stores), as is a bad name:
+            # None only when the model really has no such alias
+            if code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and CHAMPION not in self._aliases():
+                return None
+            raise
+        return _info(mv)
 
     def find_cycle(self, cycle_id: str) -> VersionInfo | None:
-        return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
+        """The version a cycle registered (the lowest, should there be several); None if none did."""
+        quote = next((q for q in ("'", '"') if q not in cycle_id), None)
+        if quote is None:  # no quoting can express it in a filter: look through every version
+            return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
+        found = self.client.search_model_versions(
+            f"name='{self.name}' AND tags.`{PREFIX}cycle_id` = {quote}{cycle_id}{quote}"
+        )
+        if not found:
+            return None
+        first = min(found, key=lambda mv: int(mv.version))
+        # search results carry no aliases in every store: the version itself does
+        return _info(self.client.get_model_version(self.name, str(first.version)))
+
+    def _aliases(self) -> dict[str, str]:
+        model = self.client.get_registered_model(self.name)
+        return {alias: str(v) for alias, v in (getattr(model, "aliases", None) or {}).items()}
 
     def decided(self) -> list[Decided]:
         """Every applied decision (promoted or rejected), for the batch ledger.
@@ -189,11 +246,11 @@ class Registry:
             Decided(
                 version=v.version,
                 batches=tuple(v.tag_list("batches")),
-                promoted=v.outcome == "promoted",
+                promoted=v.action == "promoted",
                 reasons=tuple(r for r in v.reasons if r.startswith("FAIL")),
             )
             for v in self.versions()
-            if v.outcome in ("promoted", "rejected")
+            if v.action in ("promoted", "rejected")
         ]
 
     def batch_marks(self) -> dict[str, BatchMark]:
@@ -212,6 +269,7 @@ class Registry:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
         import mlflow
 
+        self._use_globally()
         dst.mkdir(parents=True, exist_ok=True)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{self.name}/{version}", dst_path=str(dst)
@@ -227,8 +285,10 @@ class Registry:
         """One run (params, per-epoch metrics, evaluation, report) and one registered version with tags."""
         import mlflow
 
+        self._use_globally()
         exp_id = self.ensure_store()
         tags = self._version_tags(rec)
+        headline = rec.metrics.headline()
         with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
             mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith(PREFIX + "metrics.")})
             mlflow.log_params({**rec.params, "strategy": rec.strategy, "batches": ",".join(rec.new_batches)})
@@ -240,14 +300,14 @@ class Registry:
             mlflow.log_metrics(
                 {
                     f"{model}_{split}_accuracy": value
-                    for model in ("champion", "candidate")
-                    for split in ("old", "new", "all")
-                    if (value := accuracy(rec.metrics, model, split)) is not None
+                    for model in MODELS
+                    for split in SPLITS
+                    if (value := headline.of(model).split(split)) is not None
                 }
                 # the gate's measurements, e.g. gate_forgetting_drop_pt, comparable across versions in the UI
                 | {
                     f"gate_{check.replace(' ', '_')}_{key}": float(value)
-                    for check, numbers in (rec.metrics.get("gate") or {}).items()
+                    for check, numbers in rec.metrics.gate.items()
                     for key, value in numbers.items()
                     if value is not None
                 }
@@ -277,6 +337,7 @@ class Registry:
         )
 
     def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
+        code = code_version()
         tags = {
             "cycle_id": rec.cycle_id,
             "parent_version": rec.parent_version or "",
@@ -284,17 +345,14 @@ class Registry:
             "batches_seen": ",".join(rec.seen_batches),
             "data_version": rec.data_version,
             "git_commit": rec.git_commit,
-            "code_version": ratchet.__version__,
+            "code_version": code.version,
+            "code_source": code.source,
             "strategy": rec.strategy,
             "params_hash": rec.params_hash,
-            "decision": "promote" if rec.promote else "reject",
+            "decision": rec.verdict,
             "reasons": "\n".join(rec.reasons),
         }
-        for model in ("champion", "candidate"):
-            for split in ("old", "new", "all"):
-                value = accuracy(rec.metrics, model, split)
-                if value is not None:
-                    tags[f"metrics.{model}.{split}"] = f"{value:.4f}"
+        tags |= rec.metrics.headline().to_tags()
         return {PREFIX + k: v for k, v in tags.items()}
 
     def promote(self, version: str, expected_parent: str | None) -> None:
@@ -319,7 +377,7 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         self._set_outcome(version, "challenger")
 
-    def _set_outcome(self, version: str, outcome: str) -> None:
+    def _set_outcome(self, version: str, outcome: Action) -> None:
         # written last: until it is there, the cycle counts as unfinished and will be resumed
         self.client.set_model_version_tag(self.name, version, PREFIX + "outcome", outcome)
 
@@ -347,9 +405,19 @@ class Registry:
         return current.version, target
 
     def _drop_alias(self, alias: str, version: str) -> None:
-        model = self.client.get_registered_model(self.name)
-        if str((getattr(model, "aliases", None) or {}).get(alias, "")) == version:
+        if self._aliases().get(alias) == version:
             self.client.delete_registered_model_alias(self.name, alias)
+
+
+def _info(mv: Any, aliases: Sequence[str] | None = None) -> VersionInfo:
+    """A registry ModelVersion as a VersionInfo; `aliases` when the caller knows them better."""
+    return VersionInfo(
+        version=str(mv.version),
+        tags=dict(mv.tags or {}),
+        aliases=tuple(sorted((getattr(mv, "aliases", None) or []) if aliases is None else aliases)),
+        description=mv.description or "",
+        run_id=mv.run_id or "",
+    )
 
 
 def _now() -> str:
@@ -373,6 +441,29 @@ def _signature(checkpoint_dir: Path) -> Any:
 
 
 def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
-    """The workspace's registry, where its params.yaml says."""
+    """The workspace's registry, in the one place that decides which MLflow stores it lives in.
+
+    Tracking: MLFLOW_TRACKING_URI, else params registry.tracking_uri, else the workspace's own sqlite
+    file under mlruns/. Registry: MLFLOW_REGISTRY_URI, else registry.registry_uri (unless the tracking
+    URI came from the environment), else the tracking URI.
+    """
     p = params or ws.params()
-    return Registry(ws, p.registry.model_name, p.registry.experiment)
+    env_tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = env_tracking or p.registry.tracking_uri or ws.tracking_uri
+    # a tracking URI from the environment overrides params.yaml's registry too: it names the whole store
+    registry_uri = (
+        os.environ.get("MLFLOW_REGISTRY_URI")
+        or (None if env_tracking else p.registry.registry_uri)
+        or tracking_uri
+    )
+    local = tracking_uri == ws.tracking_uri
+    if ws.tracking_uri in (tracking_uri, registry_uri):  # mlruns/ only for the workspace's own store
+        ws.mlruns.mkdir(parents=True, exist_ok=True)
+    return Registry(
+        tracking_uri,
+        registry_uri,
+        p.registry.model_name,
+        p.registry.experiment,
+        # the local store keeps artifacts beside it; any other store (a server) decides for itself
+        artifact_location=ws.artifact_uri if local else None,
+    )
