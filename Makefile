@@ -31,7 +31,8 @@ ui: $(STAMP)  ## MLflow UI on the store this workspace uses (MLFLOW_TRACKING_URI
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks
-	$(BIN)/mypy src flows benchmarks
+	$(BIN)/ruff format --check src flows tests benchmarks
+	$(BIN)/mypy src flows benchmarks  # strict: see pyproject.toml
 
 bench: $(STAMP)  ## Fashion-MNIST benchmarks, full data (needs the Debian package dataset-fashion-mnist); ARGS=--fraction 0.2 for a quicker CPU run; STREAM_ARGS for the product streams (default 25% of the data)
 	$(BIN)/python -m benchmarks.throughput $(THROUGHPUT_ARGS)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import FASHION_SPEC, FASHION_TRAIN, RESULTS, device_label, device_slug, write_json
 from ratchet.data.fashion import load_fashion
-from ratchet.train.loop import fit, select_device
+from ratchet.train.feed import select_device
+from ratchet.train.loop import fit
 from ratchet.train.model import build_model, label_indices, preprocess
 
 

@@ -91,7 +91,8 @@ def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None)
     open_workspace(workspace).params()
     if strategy is not None:
         strategies.check(strategy)
-    return flow(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
+    outcome: Outcome | None = flow(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
+    return outcome
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ def logits(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -
 
 def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """Predicted class indices into checkpoint.spec.classes for uint8 (N,H,W,C) images."""
-    return logits(checkpoint, images, batch_size).argmax(1)
+    indices: np.ndarray = logits(checkpoint, images, batch_size).argmax(1)
+    return indices
 
 
 def argmax_among(scores: np.ndarray, classes: tuple[str, ...], allowed: tuple[str, ...]) -> np.ndarray:

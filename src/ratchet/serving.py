@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc.model import PythonModel
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 

@@ -107,7 +107,8 @@ def known_hashes(data_dir: Path, exclude: set[str] | frozenset[str] = frozenset(
 
 def _load_array(path: Path, batch_id: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        array: np.ndarray = np.load(path, allow_pickle=False)
+        return array
     except FileNotFoundError:
         raise InputError(f"corrupted workspace: batch {batch_id} lacks {path.name}") from None
     except (OSError, ValueError, EOFError) as exc:

@@ -87,7 +87,8 @@ def shift(images: np.ndarray, level: int) -> np.ndarray:
     x = rotate(x, angle=20.0 * level)
     contrast = 1.0 - 0.15 * level
     y = (x.float() - 127.5) * contrast + 127.5
-    return y.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    out: np.ndarray = y.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return out
 
 
 def domain_incremental(

@@ -91,7 +91,8 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(2 * w, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        out: torch.Tensor = self.head(self.backbone(x))
+        return out
 
     def blocks(self) -> list[nn.Module]:
         """Feature blocks from input to head: transfer learning unfreezes them last first."""
@@ -124,7 +125,8 @@ class ResNet18(nn.Module):
         self.head = nn.Linear(512, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.net(x)))
+        out: torch.Tensor = self.head(self.dropout(self.net(x)))
+        return out
 
     def blocks(self) -> list[nn.Module]:
         n = self.net
