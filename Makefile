@@ -27,7 +27,7 @@ repro: data  ## reproduce the committed candidate: dvc repro, then the metrics m
 	git diff --exit-code -- artifacts/eval/metrics.json && echo "metrics reproduced"
 
 ui: $(STAMP)  ## MLflow UI on the store this workspace uses (MLFLOW_TRACKING_URI, registry.tracking_uri, or mlruns/)
-	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from pathlib import Path; from ratchet.cycle import open_registry; from ratchet.workspace import open_workspace; print(open_registry(open_workspace(Path("."))).tracking_uri)')"
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from pathlib import Path; from ratchet.registry import open_registry; from ratchet.workspace import open_workspace; print(open_registry(open_workspace(Path("."))).tracking_uri)')"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests benchmarks

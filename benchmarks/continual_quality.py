@@ -29,6 +29,7 @@ from ratchet.evaluate import split_metrics
 from ratchet.train import strategies
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.loop import fit
+from ratchet.train.strategies.base import load, trains_on_all_seen
 
 # every registered strategy, and the one pair worth measuring
 STRATEGIES = (*strategies.NAMES, "replay+lwf")
@@ -39,7 +40,7 @@ def run_stream(steps: list[StreamStep], strategy: str, train: TrainParams) -> di
     state: Checkpoint | None = None
     acc = np.full((len(steps), len(steps)), np.nan)  # acc[i, j]: on step j's held-out after step i
     processed, seconds = 0, 0.0
-    everything = strategies.trains_on_all_seen(strategy)
+    everything = trains_on_all_seen(strategy)
     for i, step in enumerate(steps):
         if everything:
             images = np.concatenate([s.train.images for s in steps[: i + 1]])
@@ -188,7 +189,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 
 def _reads_memory(strategy: str) -> bool:
-    return any(unit.memory_share() > 0 for unit in strategies.load(strategy, FASHION_TRAIN))
+    return any(unit.memory_share() > 0 for unit in load(strategy, FASHION_TRAIN))
 
 
 def reusable_rows(path: Path, doc: dict[str, Any], skip: set[str]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -186,7 +186,7 @@ def test_a_held_batch_is_dropped_on_record_and_learned_ones_cannot_be(
         refused = run_ratchet(*args, "-w", root)
         assert refused.returncode == 2
         assert refused.stderr.strip().splitlines() == [
-            f"ratchet: error: batch {streamed.outcomes['digits-0-4']['batches'][0]} is learned: only "
+            f"ratchet: error: batch {streamed.outcomes['digits-0-4'].batches[0]} is learned: only "
             + (
                 "held or dropped batches can be requeued"
                 if args[0] == "requeue"

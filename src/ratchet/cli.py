@@ -141,18 +141,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if s.retry_of else ""
             print(f"  {s.batch_id}  {now.sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
     for v in now.versions:
-        d = v.to_json()
         m = v.metrics
         print(
-            f"\nversion {v.version}  {v.status}  parent {d['parent'] or '-'}  strategy {d['strategy']}\n"
-            f"  batches {', '.join(d['batches'])}  data {d['data_version']}\n  "
+            f"\nversion {v.version}  {v.status}  parent {v.tag('parent_version') or '-'}  "
+            f"strategy {v.tag('strategy')}\n"
+            f"  batches {', '.join(v.tag_list('batches'))}  data {v.tag('data_version')}\n  "
             + "   ".join(
                 f"{split}: champion {fmt_accuracy(m.champion.split(split))} "
                 f"candidate {fmt_accuracy(m.candidate.split(split))}"
                 for split in ("old", "new")
             )
         )
-        for reason in d["reasons"]:
+        for reason in v.reasons:
             print(f"  - {reason}")
     return 0
 

@@ -31,6 +31,7 @@ from ratchet.train import strategies  # the registry only: it imports no torch
 SCHEMA = 2
 
 T = TypeVar("T")
+Scalar = str | int | float | bool | None  # a params.yaml leaf value
 
 _COMMENT = "comment"
 _CHECK = "check"

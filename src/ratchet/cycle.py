@@ -13,9 +13,9 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
-from ratchet.config import Params
+from ratchet.config import Params, Scalar
 from ratchet.data import catalog, versioning
 from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline
@@ -200,9 +200,9 @@ def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resu
     )
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _flatten(d: dict[str, object], prefix: str = "") -> Iterator[tuple[str, Scalar]]:
     for k, v in d.items():
         if isinstance(v, dict):
             yield from _flatten(v, f"{prefix}{k}.")
         else:
-            yield f"{prefix}{k}", v
+            yield f"{prefix}{k}", cast(Scalar, v)

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 State = Literal["pending", "learned", "held", "dropped"]
-Action = Literal["requeue", "drop"]
+MarkAction = Literal["requeue", "drop"]
 
 
 @dataclass(frozen=True)
 class BatchMark:
     """A person's word on a batch: try it again, or retire it."""
 
-    action: Action
+    action: MarkAction
     reason: str
     by: str
     at: str  # ISO time

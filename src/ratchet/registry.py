@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast, get_args
+from typing import TYPE_CHECKING, cast, get_args
 
 from ratchet.errors import RatchetError
 from ratchet.ledger import BatchMark, Decided
@@ -27,8 +27,12 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
-if TYPE_CHECKING:
-    from ratchet.config import Params
+if TYPE_CHECKING:  # mlflow is imported when a method needs it
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
+
+    from ratchet.config import Params, Scalar
     from ratchet.workspace import Workspace
 
 _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -82,7 +86,7 @@ class VersionInfo:
     def metrics(self) -> Headline:
         return Headline.from_tags(self.tag)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "version": self.version,
             "status": self.status,
@@ -112,7 +116,7 @@ class CandidateRecord:
     data_version: str
     git_commit: str
     strategy: str
-    params: dict[str, Any]  # flattened params.yaml, logged as run params
+    params: dict[str, Scalar]  # flattened params.yaml, logged as run params
     params_hash: str
     history: Sequence[dict[str, float]]  # per epoch: epoch, loss, accuracy, seconds
     metrics: CycleMetrics
@@ -127,7 +131,7 @@ class Registry:
     """One registered model and its experiment, in the tracking and registry stores the URIs name.
 
     `artifact_location` is where a new experiment keeps its artifacts; None leaves it to the store
-    (a tracking server's default artifact root). Which URIs to use is `cycle.open_registry`'s call.
+    (a tracking server's default artifact root). Which URIs to use is `open_registry` below's call.
     """
 
     def __init__(
@@ -154,7 +158,7 @@ class Registry:
         Set here, not at import; and again before each use, as another Registry may have moved them.
         mlflow also copies them into MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for child processes;
         those variables are put back as they were: they are the user's choice of store (see
-        `cycle.open_registry`), and the next workspace opened here or in a child must not inherit this one.
+        `open_registry` below), and the next workspace opened here or in a child must not inherit this one.
         """
         import mlflow
 
@@ -323,10 +327,10 @@ class Registry:
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
         return VersionInfo(str(mv.version), tags, (), rec.summary, run_id)
 
-    def _log_model(self, rec: CandidateRecord) -> Any:
+    def _log_model(self, rec: CandidateRecord) -> ModelInfo:
         import mlflow.pyfunc
 
-        return mlflow.pyfunc.log_model(
+        info: ModelInfo = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"checkpoint": str(rec.checkpoint_dir)},
@@ -335,6 +339,7 @@ class Registry:
             pip_requirements=[f"{p}=={metadata.version(p)}" for p in ("torch", "numpy", "pandas")]
             + [f"mlflow=={metadata.version('mlflow')}"],
         )
+        return info
 
     def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
         code = code_version()
@@ -409,7 +414,7 @@ class Registry:
             self.client.delete_registered_model_alias(self.name, alias)
 
 
-def _info(mv: Any, aliases: Sequence[str] | None = None) -> VersionInfo:
+def _info(mv: ModelVersion, aliases: Sequence[str] | None = None) -> VersionInfo:
     """A registry ModelVersion as a VersionInfo; `aliases` when the caller knows them better."""
     return VersionInfo(
         version=str(mv.version),
@@ -424,7 +429,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _signature(checkpoint_dir: Path) -> Any:
+def _signature(checkpoint_dir: Path) -> ModelSignature:
     """What the UI shows and pyfunc enforces: uint8 images (N, H, W, C) in; label, index, confidence out."""
     import numpy as np
     from mlflow.models import ModelSignature

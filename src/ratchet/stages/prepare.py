@@ -20,7 +20,7 @@ from ratchet.data import catalog
 from ratchet.errors import InputError
 from ratchet.stages._common import fresh_dir, save_arrays, stage_main
 from ratchet.stages.inputs import Cycle
-from ratchet.train import strategies
+from ratchet.train.strategies.base import trains_on_all_seen
 
 # what the output directory holds
 CYCLE = "cycle.json"  # a copy of the cycle it was prepared for
@@ -40,9 +40,7 @@ def run(cycle_path: Path, data_dir: Path, out: Path, params: Params, fetch_paren
     with fresh_dir(out) as tmp:
         # a strategy may train on everything seen so far (joint); the others on the new batches
         train_batches = (
-            cycle.old_batches + cycle.new_batches
-            if strategies.trains_on_all_seen(cycle.strategy)
-            else cycle.new_batches
+            cycle.old_batches + cycle.new_batches if trains_on_all_seen(cycle.strategy) else cycle.new_batches
         )
         parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [
             (TRAIN, train_batches, "train"),

@@ -18,12 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from ratchet.config import TrainParams
-from ratchet.train import strategies
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.feed import Batch, TrainingSet, seed_everything, select_device
 from ratchet.train.memory import ReplayMemory
-from ratchet.train.model import ModelSpec, build_model, grow_head, label_indices, load_backbone, preprocess
-from ratchet.train.strategies.base import Origin, Run, Step
+from ratchet.train.model import (
+    Classifier,
+    ModelSpec,
+    build_model,
+    grow_head,
+    label_indices,
+    load_backbone,
+    preprocess,
+)
+from ratchet.train.strategies.base import Origin, Run, Step, Strategy, load
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def fit(
     indices never move. The returned checkpoint carries the updated state; the parent's is never
     modified. Seeds and torch's determinism flags are set process-wide: a cycle owns its process.
     """
-    units = strategies.load(params.strategy, params)
+    units = load(params.strategy, params)
     if len(labels) == 0:
         raise ValueError("no training samples")
     seed_everything(params.seed, params.deterministic)
@@ -77,21 +84,7 @@ def fit(
         if start is None and pretrained
         else "scratch"
     )
-    batch_classes = tuple(sorted({str(x) for x in labels}))
-    if origin == "champion":
-        assert start is not None
-        model = copy.deepcopy(start.model)  # the parent stays intact: it is the comparison (and a teacher)
-        spec = grow_head(model, start.spec, batch_classes)
-    else:
-        # a fresh model keeps the parent's class order: indices never move
-        known = start.spec.classes if start is not None else ()
-        spec = (start.spec if start is not None else initial_spec).with_classes(
-            known + tuple(c for c in batch_classes if c not in known)
-        )
-        model = build_model(spec)
-        if origin == "pretrained":
-            assert pretrained is not None
-            load_backbone(model, pretrained)
+    model, spec = _initial_model(origin, start, initial_spec, labels, pretrained)
     memory = start.memory if start is not None else ReplayMemory.empty(spec.image_size, spec.in_channels)
     model = model.to(device)
     if use_cuda:
@@ -127,14 +120,9 @@ def fit(
         unit.setup(run)
 
     steps_per_epoch = math.ceil(len(new) / new_per_step)
+    # smaller steps when continuing from the champion keep what it knew
     lr = params.finetune_lr if origin == "champion" else params.lr
-    shaped = next((g for u in units if (g := u.param_groups(model)) is not None), None)
-    groups = [{"params": group} for group, _ in shaped] if shaped else [{"params": list(model.parameters())}]
-    max_lr: float | list[float] = [lr * scale for _, scale in shaped] if shaped else lr
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=params.weight_decay, fused=use_cuda or None)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=steps_per_epoch * params.num_epochs, pct_start=0.15
-    )
+    optimizer, schedule = _optimizer(run, units, lr, steps_per_epoch * params.num_epochs)
     forward = torch.compile(model) if params.compile else model
     # shuffles come from a CPU generator so CPU and GPU runs see the same sample order
     gen = torch.Generator().manual_seed(params.seed)
@@ -207,3 +195,44 @@ def fit(
         seconds=time.perf_counter() - t_start,
         device=str(device),
     )
+
+
+def _initial_model(
+    origin: Origin,
+    start: Checkpoint | None,
+    initial_spec: ModelSpec,
+    labels: np.ndarray,
+    pretrained: str | None,
+) -> tuple[Classifier, ModelSpec]:
+    """The candidate before training, on the CPU, with a head for every class it will know."""
+    batch_classes = tuple(sorted({str(x) for x in labels}))
+    if origin == "champion":
+        assert start is not None
+        model = copy.deepcopy(start.model)  # the parent stays intact: it is the comparison (and a teacher)
+        return model, grow_head(model, start.spec, batch_classes)
+    # a fresh model keeps the parent's class order: indices never move
+    known = start.spec.classes if start is not None else ()
+    base = start.spec if start is not None else initial_spec
+    spec = base.with_classes(known + tuple(c for c in batch_classes if c not in known))
+    model = build_model(spec)
+    if origin == "pretrained":
+        assert pretrained is not None
+        load_backbone(model, pretrained)
+    return model, spec
+
+
+def _optimizer(
+    run: Run, units: list[Strategy], lr: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW under a one-cycle schedule; a unit may split the parameters into groups with their own
+    rate scales (transfer: lower rates further from the head)."""
+    model, params = run.model, run.params
+    shaped = next((g for u in units if (g := u.param_groups(model)) is not None), None)
+    groups = [{"params": group} for group, _ in shaped] if shaped else [{"params": list(model.parameters())}]
+    max_lr: float | list[float] = [lr * scale for _, scale in shaped] if shaped else lr
+    fused = run.device.type == "cuda" or None
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=params.weight_decay, fused=fused)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=0.15
+    )
+    return optimizer, schedule

@@ -3,21 +3,15 @@
 A strategy is one module of this package (`ratchet.train.strategies.<name>`) holding one subclass
 of `base.Strategy`. This registry is what config validation, the CLI help, the stages and the
 benchmarks read; it imports no torch (`ratchet --help` and params checks stay fast), and a unit is
-imported only when a run needs it. Adding a strategy: its module, one line here, its knobs in
-`ratchet.config.TrainParams`.
+imported only when a run needs it (`base.load`). Adding a strategy: its module, one line here, its
+knobs in `ratchet.config.TrainParams`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ratchet.errors import InputError
-
-if TYPE_CHECKING:
-    from ratchet.config import TrainParams
-    from ratchet.train.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -69,18 +63,3 @@ def help_text() -> str:
     return "; ".join(f"{name}: {entry.summary}" for name, entry in REGISTRY.items()) + (
         "; or several joined by + (e.g. replay+lwf)"
     )
-
-
-def unit_classes(name: str) -> list[type[Strategy]]:
-    """The unit classes of a strategy (or combination); imports their modules (and torch)."""
-    return [importlib.import_module(f"{__name__}.{part}").UNIT for part in parse(name)]
-
-
-def load(name: str, params: TrainParams) -> list[Strategy]:
-    """The units of a strategy (or combination), ready for one `fit`."""
-    return [unit(params) for unit in unit_classes(name)]
-
-
-def trains_on_all_seen(name: str) -> bool:
-    """Whether its training data is every batch seen so far, not just the new ones (joint)."""
-    return any(unit.trains_on_all_seen for unit in unit_classes(name))

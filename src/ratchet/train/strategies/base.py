@@ -8,6 +8,7 @@ checkpoint as `<name>.pt`).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ratchet.config import TrainParams
+from ratchet.train import strategies
 from ratchet.train.checkpoint import Checkpoint, StrategyState
 from ratchet.train.feed import TrainingSet
 from ratchet.train.memory import ReplayMemory
@@ -92,3 +94,20 @@ def pad_to(t: torch.Tensor, shape: torch.Size, fill: float = 0.0) -> torch.Tenso
     out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
     out[: t.shape[0]] = t
     return out
+
+
+def unit_classes(name: str) -> list[type[Strategy]]:
+    """The unit classes of a strategy (or combination); imports their modules (and torch)."""
+    return [
+        importlib.import_module(f"ratchet.train.strategies.{part}").UNIT for part in strategies.parse(name)
+    ]
+
+
+def load(name: str, params: TrainParams) -> list[Strategy]:
+    """The units of a strategy (or combination), ready for one `fit`."""
+    return [unit(params) for unit in unit_classes(name)]
+
+
+def trains_on_all_seen(name: str) -> bool:
+    """Whether its training data is every batch seen so far, not just the new ones (joint)."""
+    return any(unit.trains_on_all_seen for unit in unit_classes(name))
