@@ -23,7 +23,7 @@ data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, o
 	PATH=$(BIN):$$PATH $(BIN)/dvc status data.dvc
 
 repro: data  ## reproduce the committed candidate: dvc repro, then the metrics must match git
-	PATH=$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(BIN):$$PATH $(BIN)/dvc repro -f --no-run-cache  # really run: the run cache would restore old outputs
 	git diff --exit-code -- artifacts/eval/metrics.json && echo "metrics reproduced"
 
 ui: $(STAMP)  ## MLflow UI on the store this workspace uses (MLFLOW_TRACKING_URI, registry.tracking_uri, or mlruns/)
