@@ -135,7 +135,15 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         for ln in new_lines
         if ln not in old_lines and not ln.lstrip().startswith("#")
     ]
-    assert keys == ["schema", "tracking_uri", "registry_uri", "seed", "min_accuracy"]
+    assert keys == [
+        "schema",
+        "tracking_uri",
+        "registry_uri",
+        "seed",
+        "derpp_alpha",
+        "derpp_beta",
+        "min_accuracy",
+    ]
     params = init_workspace(root)[0].params()
     assert params.train.num_epochs == 3 and params.train.seed == 0 and params.gate.min_accuracy == 0.6
     # committed
