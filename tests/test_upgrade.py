@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ratchet import app
-from ratchet.workspace import open_workspace
+from ratchet.workspace import LEGACY_PIPELINES, Workspace, open_workspace, template
 
 REPO = Path(__file__).resolve().parents[1]
 # the last commit before strategies became units, params gained defaults and dvc.yaml named paths
@@ -86,3 +87,30 @@ def test_a_workspace_of_the_previous_release_retrains_after_the_upgrade(
     champion = app.status(root).champion
     assert champion is not None and champion.version == outcome.version
     assert champion.tag("code_source")  # the new version names the code that made it
+
+
+def test_the_previous_release_dvc_yaml_is_upgraded_and_a_hand_edited_one_is_not(tmp_path: Path) -> None:
+    previous = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "show",
+            "7cb6c23377209eeea7c23a95c1b30fb913836ea8:src/ratchet/templates/dvc.yaml",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if previous.returncode != 0:
+        pytest.skip("the previous release is not in this checkout's history")
+    assert hashlib.sha256(previous.stdout).hexdigest() in LEGACY_PIPELINES
+    ws = Workspace(tmp_path)
+    (tmp_path / "dvc.yaml").write_bytes(previous.stdout)
+    assert ws.upgrade_pipeline()
+    assert (tmp_path / "dvc.yaml").read_text() == template("dvc.yaml")
+    assert not ws.upgrade_pipeline()  # nothing left to do
+
+    edited = previous.stdout.replace(b"cmd: python", b"cmd: nice python")
+    (tmp_path / "dvc.yaml").write_bytes(edited)
+    assert not ws.upgrade_pipeline()
+    assert (tmp_path / "dvc.yaml").read_bytes() == edited

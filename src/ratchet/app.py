@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.data.catalog import BatchInfo
     from ratchet.data.ingest import IngestReport, ProgressFn
     from ratchet.data.versioning import DataVersion
-    from ratchet.ledger import BatchState
+    from ratchet.ledger import BatchMark, BatchState, MarkAction
     from ratchet.registry import VersionInfo
 
 
@@ -144,7 +144,7 @@ def find_batch(states: list[BatchState], batches: list[BatchInfo], name: str) ->
     return by_id[matches[0]]
 
 
-def who(by: str | None) -> str:
+def _who(by: str | None) -> str:
     try:
         return by or getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry: a bare container
@@ -153,21 +153,23 @@ def who(by: str | None) -> str:
 
 def requeue(
     workspace: Path, batch: str, reason: str, by: str | None = None, strategy: str | None = None
-) -> BatchState:
-    """Put a held (or dropped) batch back in the queue, on record; returns it as it was."""
+) -> tuple[BatchState, BatchMark]:
+    """Put a held (or dropped) batch back in the queue, on record; returns it as it was, and the mark."""
     from ratchet.train import strategies
 
     if strategy is not None:
         strategies.check(strategy)
-    return _mark(workspace, batch, "requeue", reason, who(by), strategy)
+    return _mark(workspace, batch, "requeue", reason, _who(by), strategy)
 
 
-def drop(workspace: Path, batch: str, reason: str, by: str | None = None) -> BatchState:
-    """Retire a held or pending batch on record: it is never trained on; returns it as it was."""
-    return _mark(workspace, batch, "drop", reason, who(by), None)
+def drop(workspace: Path, batch: str, reason: str, by: str | None = None) -> tuple[BatchState, BatchMark]:
+    """Retire a held or pending batch on record, never to train on; returns it as it was, and the mark."""
+    return _mark(workspace, batch, "drop", reason, _who(by), None)
 
 
-def _mark(workspace: Path, batch: str, action: str, reason: str, by: str, strategy: str | None) -> BatchState:
+def _mark(
+    workspace: Path, batch: str, action: MarkAction, reason: str, by: str, strategy: str | None
+) -> tuple[BatchState, BatchMark]:
     from ratchet.cycle import ledger
     from ratchet.data import catalog
     from ratchet.ledger import BatchMark
@@ -185,7 +187,7 @@ def _mark(workspace: Path, batch: str, action: str, reason: str, by: str, strate
                 + ("requeued" if action == "requeue" else "dropped")
             )
         mark = BatchMark(
-            action="requeue" if action == "requeue" else "drop",
+            action=action,
             reason=reason,
             by=by,
             at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -193,7 +195,7 @@ def _mark(workspace: Path, batch: str, action: str, reason: str, by: str, strate
             strategy=strategy,
         )
         registry.mark_batch(state.batch_id, mark)
-    return state
+    return state, mark
 
 
 def rollback(workspace: Path, to: str | None = None) -> tuple[str, str]:

@@ -96,20 +96,17 @@ def format_outcome(o: Outcome) -> str:
 def cmd_requeue(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    state = app.requeue(args.workspace, args.batch, args.reason, args.by, args.strategy)
+    state, mark = app.requeue(args.workspace, args.batch, args.reason, args.by, args.strategy)
     how = f" with strategy {args.strategy}" if args.strategy else ""
-    print(
-        f"batch {state.batch_id} requeued by {app.who(args.by)}: "
-        f"the next `ratchet retrain` trains on it again{how}"
-    )
+    print(f"batch {state.batch_id} requeued by {mark.by}: the next `ratchet retrain` trains on it again{how}")
     return 0
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    state = app.drop(args.workspace, args.batch, args.reason, args.by)
-    print(f"batch {state.batch_id} dropped by {app.who(args.by)}: it will not be trained on ({args.reason})")
+    state, mark = app.drop(args.workspace, args.batch, args.reason, args.by)
+    print(f"batch {state.batch_id} dropped by {mark.by}: it will not be trained on ({mark.reason})")
     return 0
 
 

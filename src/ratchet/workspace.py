@@ -95,6 +95,8 @@ class Workspace:
         ):
             raise InputError(f"{pipeline}: the stages do not pass their outputs on to each other")
         cycle, data, prepared = args["prepare"]
+        if self.root / data != self.data_dir:  # ingest writes there, and data.dvc tracks it
+            raise InputError(f"{pipeline}: prepare reads {data}, but this workspace's batches are in data/")
         candidate, evaluated = args["train"][1], args["evaluate"][2]
         return StagePaths(*(self.root / p for p in (cycle, data, prepared, candidate, evaluated)))
 
