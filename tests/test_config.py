@@ -459,3 +459,12 @@ def test_complete_refuses_a_section_it_cannot_add_lines_to() -> None:
 def test_complete_refuses_a_broken_file_without_adding_anything() -> None:
     with pytest.raises(InputError, match="train.lrr"):
         complete_params(without(SCHEMA1, "seed").replace("  lr:", "  lrr:"))
+
+
+def test_the_digest_covers_tunables_not_where_the_stores_are() -> None:
+    base = Params()
+    moved = dataclasses.replace(
+        base, registry=dataclasses.replace(base.registry, tracking_uri="http://127.0.0.1:5000")
+    )
+    tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.01))
+    assert moved.digest() == base.digest() != tuned.digest()

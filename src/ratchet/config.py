@@ -315,8 +315,12 @@ class Params:
     )
 
     def digest(self) -> str:
-        """Short stable hash of every tunable: the `params_hash` lineage tag."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        """Short stable hash of every tunable: the `params_hash` lineage tag and part of a cycle's id.
+        Where the MLflow stores are is not a tunable: moving to a tracking server changes no id."""
+        tunables = dataclasses.asdict(self)
+        for where in ("tracking_uri", "registry_uri"):
+            del tunables["registry"][where]
+        blob = json.dumps(tunables, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
