@@ -107,6 +107,12 @@ class DataParams:
     max_image_pixels: int = knob(
         25_000_000, "decoded width*height cap (decompression bombs)", check=_positive, why=POSITIVE
     )
+    max_unpacked_bytes: int = knob(
+        1_000_000_000,
+        "an .npz whose arrays unpack to more than this is refused before any is read (zip bombs)",
+        check=_positive,
+        why=POSITIVE,
+    )
 
 
 @dataclass(frozen=True)

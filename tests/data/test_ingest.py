@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +345,37 @@ def test_no_warning_when_images_are_shrunk_at_most_twice(tmp_path: Path, size: i
     report = ingest_batch(src, tmp_path / "data", PARAMS)
     assert report.warnings == ()
     assert "warning" not in report.summary()
+
+
+# ---- .npz bombs ----------------------------------------------------------------------------------
+
+
+def test_an_npz_that_unpacks_past_the_cap_is_refused_unread(tmp_path: Path) -> None:
+    # given 3 MB of zeros that compress to a few kB, and a 1 MB cap on what an .npz may unpack to
+    src = tmp_path / "bomb.npz"
+    np.savez_compressed(src, images=np.zeros((3000, 32, 32), np.uint8), labels=np.zeros(3000, np.int64))
+    assert src.stat().st_size < 50_000
+    capped = dataclasses.replace(PARAMS, max_unpacked_bytes=1_000_000)
+    # when ingested, then it is refused in one line, and nothing is written
+    with pytest.raises(InputError, match=r"unpack to 3\d{6} bytes, more than data.max_unpacked_bytes") as err:
+        ingest_batch(src, tmp_path / "data", capped)
+    assert "\n" not in str(err.value)
+    assert files_under(tmp_path / "data") == []
+    # and under the default cap the same file goes in
+    assert ingest_batch(src, tmp_path / "ok", dataclasses.replace(PARAMS, image_size=32, channels=1)).batch_id
+
+
+def test_an_npz_whose_header_declares_a_huge_array_is_refused_before_allocating(tmp_path: Path) -> None:
+    # given a tiny member whose .npy header claims 10**12 bytes (numpy would allocate that to read it)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**12,)})
+    src = tmp_path / "liar.npz"
+    with zipfile.ZipFile(src, "w") as archive:
+        archive.writestr("images.npy", header.getvalue() + b"\0" * 64)
+        labels = io.BytesIO()
+        np.save(labels, np.zeros(1, np.int64))
+        archive.writestr("labels.npy", labels.getvalue())
+    # when ingested with the default cap, then refused without reading the arrays
+    with pytest.raises(InputError, match=r"unpack to 1000000000\d{3} bytes"):
+        ingest_batch(src, tmp_path / "data", DataParams())
+    assert files_under(tmp_path / "data") == []

@@ -341,11 +341,41 @@ def _npz_labels(labels: np.ndarray, classes: np.ndarray | None, n: int, source: 
     raise InputError(f"{source}: labels must be integers or strings, got {labels.dtype}")
 
 
+def _unpacked_bytes(source: Path) -> int:
+    """What the .npz's arrays take once read, from the zip directory and each .npy header alone.
+
+    Both count: a member's declared size bounds what is decompressed, and its header's shape is what
+    numpy allocates before reading (a small member can declare a huge array).
+    """
+    total = 0
+    with zipfile.ZipFile(source) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(member)
+            total += max(info.file_size, math.prod(shape) * dtype.itemsize)
+    return total
+
+
 def _read_npz(
     source: Path, params: DataParams, progress: ProgressFn | None
 ) -> tuple[list[_Sample], list[Quarantined], list[tuple[str, Path]], int]:
     if not zipfile.is_zipfile(source):
         raise InputError(f"{source}: not a valid .npz file (not a zip archive)")
+    try:
+        unpacked = _unpacked_bytes(source)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
+    if unpacked > params.max_unpacked_bytes:
+        raise InputError(
+            f"{source}: its arrays unpack to {unpacked} bytes, more than data.max_unpacked_bytes "
+            f"({params.max_unpacked_bytes}): refused unread"
+        )
     try:
         npz = np.load(source, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
