@@ -361,3 +361,34 @@ def test_every_check_reports_its_numbers() -> None:
     assert numbers["forgetting"]["p_value"] == 1.0
     assert numbers["interference"]["share"] == 0.0
     assert numbers["new classes"]["lift"] == 1.0
+
+
+# ---- held-out: something to judge on -------------------------------------------------------------
+
+
+def test_a_batch_without_held_out_samples_is_not_judged_as_passed() -> None:
+    # given a champion that knows a and b, and a batch of known classes whose held-out split is empty
+    old = held(["a"] * 20 + ["b"] * 20)
+    d = decide(GateInput(known_classes=("a", "b"), new_classes=(), old=old, new=empty()), POLICY)
+    # then the candidate is held, with a reason saying why, instead of "0.000 -> 0.000 ok"
+    assert not d.promote
+    assert failed(d) == ["held-out"]
+    assert "this batch has no held-out samples: the candidate cannot be judged on it" in check(d, "held-out")
+
+
+def test_a_new_class_without_held_out_samples_is_not_judged_as_passed() -> None:
+    # given a batch with two new classes, only one of which left held-out samples
+    old = held(["a"] * 20)
+    new = held(["b"] * 10, champion=["a"] * 10, known=["a"] * 10, among_new=["b"] * 10)
+    d = decide(GateInput(known_classes=("a",), new_classes=("b", "c"), old=old, new=new), POLICY)
+    assert "held-out" in failed(d)
+    assert "no held-out samples of c" in check(d, "held-out")
+
+
+def test_a_batch_with_held_out_samples_of_every_new_class_passes_the_held_out_check() -> None:
+    old = held(["a"] * 20)
+    new = held(
+        ["b"] * 10 + ["c"] * 10, champion=["a"] * 20, known=["a"] * 20, among_new=["b"] * 10 + ["c"] * 10
+    )
+    d = decide(GateInput(known_classes=("a",), new_classes=("b", "c"), old=old, new=new), POLICY)
+    assert check(d, "held-out") == "ok: held-out: 20 held-out samples of this batch to judge it on"

@@ -400,8 +400,26 @@ def _labels(m: GateInput, gate: GateParams) -> Check:
     return Check("labels", True, f"{text}: consistent (allowed gap {gate.max_label_gap_pt:.1f} pt)", numbers)
 
 
+def _held_out(m: GateInput) -> Check:
+    """The batch must leave something to judge the candidate on: an empty held-out split (or a new
+    class without held-out samples: a class with a single sample is only trained on) would pass the
+    comparisons below vacuously."""
+    unjudged = sorted(set(m.new_classes) - set(m.new.labels.tolist()))
+    numbers: Numbers = {"n": len(m.new), "classes_without": len(unjudged)}
+    if len(m.new) and not unjudged:
+        return Check("held-out", True, f"{len(m.new)} held-out samples of this batch to judge it on", numbers)
+    what = f"no held-out samples of {_classes(unjudged)}" if len(m.new) else "no held-out samples"
+    return Check(
+        "held-out",
+        False,
+        f"this batch has {what}: the candidate cannot be judged on it (a class with a single sample is "
+        "only trained on); ingest more of it, then `ratchet requeue`, or `ratchet drop` it",
+        numbers,
+    )
+
+
 def decide(m: GateInput, gate: GateParams) -> Decision:
-    checks = [_floor(m, gate), _class_floor(m, gate)]
+    checks = [_held_out(m), _floor(m, gate), _class_floor(m, gate)]
     if not m.has_champion:
         checks.append(Check("first model", True, "no champion to compare with, so only the floors apply"))
         checks.append(_new_classes(m, gate))
