@@ -257,11 +257,16 @@ def test_rollback_restores_the_parent_and_is_visible_in_status(streamed: Stream)
     assert restored.version == champion.tag("parent_version")
     demoted = next(v for v in streamed.registry.versions() if v.version == champion.version)
     assert demoted.status == "rolled back"
-    # what the demoted version learned is held, not silently lost
+    # what the demoted version learned goes back in the queue, not silently lost
     states = {s.batch_id: s for s in ledger(streamed.ws, streamed.registry)}
     for batch in champion.tag_list("batches"):
         assert (states[batch].state, states[batch].reason) == (
-            "held",
-            f"version {champion.version} was promoted, then rolled back",
+            "pending",
+            f"version {champion.version} was promoted, then rolled back: the next cycle trains on it again",
         )
     assert main(["rollback", "-w", str(streamed.root), "--to", "999"]) == 1
+    # and the next retrain trains on it again from the restored champion: a new version, not a resume
+    again = app.retrain(streamed.root)
+    assert again is not None and not again.resumed
+    assert again.version not in (champion.version, restored.version)
+    assert (again.parent, again.batches) == (restored.version, tuple(champion.tag_list("batches")))

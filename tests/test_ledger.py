@@ -59,12 +59,16 @@ def test_a_dropped_batch_can_be_requeued() -> None:
     assert [(s.state, s.retry_of) for s in out] == [("pending", "1"), ("pending", None), ("pending", None)]
 
 
-def test_a_rolled_back_version_leaves_its_batches_held() -> None:
+def test_a_rolled_back_version_puts_its_batches_back_in_the_queue() -> None:
     # version 2 learned b2 and was promoted; the champion is back at version 1
     out = states([promoted("1", "b1"), promoted("2", "b2")], {"b1"})
-    assert (out[1].state, out[1].reason) == ("held", "version 2 was promoted, then rolled back")
+    assert (out[1].state, out[1].retry_of) == ("pending", "2")  # a retry: a new cycle, not a resume
+    assert out[1].reason == "version 2 was promoted, then rolled back: the next cycle trains on it again"
+    # and a person can still keep it out
+    dropped = states([promoted("1", "b1"), promoted("2", "b2")], {"b1"}, {"b2": mark("drop", "2")})
+    assert dropped[1].state == "dropped"
 
 
 def test_the_latest_decision_wins_by_version_number_not_by_order_or_text() -> None:
     decided = [promoted("10", "b1"), rejected("9", "b1")]
-    assert states(decided, set())[0].reason == "version 10 was promoted, then rolled back"
+    assert states(decided, set())[0].reason.startswith("version 10 was promoted, then rolled back")

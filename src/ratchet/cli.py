@@ -135,7 +135,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("batches: " + ", ".join(f"{counts[k]} {k}" for k in ("learned", "pending", "held", "dropped")))
     for s in now.batches:
         if s.state != "learned":
-            retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if s.retry_of else ""
+            requeued = s.retry_of and not s.reason  # a person's requeue (a rollback says why itself)
+            retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if requeued else ""
             print(f"  {s.batch_id}  {now.sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
     for v in now.versions:
         m = v.metrics

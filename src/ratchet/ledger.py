@@ -3,7 +3,9 @@
 A batch is never lost. A cycle whose candidate is rejected leaves its batches *held*, with the
 gate's reasons: they are not trained on again by themselves and do not block later batches, and
 a person decides what happens next, on record: `ratchet requeue` (try again, perhaps with another
-strategy or after changing the gate) or `ratchet drop` (retire with a reason). The state is
+strategy or after changing the gate) or `ratchet drop` (retire with a reason). The batches of a
+version that is rolled back go back in the queue: the next cycle trains on them again, from the
+restored champion (`ratchet drop` keeps one out). The state is
 derived from the registry (which versions decided on the batch, and how) and the marks people
 left, so there is no second copy of it to drift out of step after a crash.
 """
@@ -61,7 +63,7 @@ class BatchState:
     batch_id: str
     state: State
     version: str | None  # the version that last decided on it
-    reason: str  # why it is held or dropped; empty otherwise
+    reason: str  # why it is held or dropped, or pending again after a rollback; empty otherwise
     strategy: str | None = None  # pending after a requeue: the strategy asked for
     retry_of: str | None = None  # pending after a requeue: the version whose rejection it retries
 
@@ -96,8 +98,10 @@ def batch_states(
         elif d is None:
             out.append(BatchState(b, "pending", None, ""))
         elif d.promoted:
-            # promoted once, but the champion no longer has it: its version was rolled back
-            out.append(BatchState(b, "held", version, f"version {version} was promoted, then rolled back"))
+            # promoted once, but the champion no longer has it: its version was rolled back. Back in
+            # the queue, as a retry of that version: a new cycle, never a resume of the rolled-back one
+            why = f"version {version} was promoted, then rolled back: the next cycle trains on it again"
+            out.append(BatchState(b, "pending", version, why, None, version))
         else:
             why = "; ".join(r.removeprefix("FAIL: ") for r in d.reasons) or "rejected"
             out.append(BatchState(b, "held", version, f"version {version} rejected: {why}"))
