@@ -72,6 +72,8 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
         strategies.check(strategy)
     registry = open_registry(ws, params)
     registry.ensure_store()
+    for line in registry.repair():
+        print(f"repaired: {line}")
     champion = registry.champion()
     pending = [s for s in ledger(ws, registry) if s.state == "pending"]
     if not pending:

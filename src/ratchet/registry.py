@@ -361,7 +361,11 @@ class Registry:
         return {PREFIX + k: v for k, v in tags.items()}
 
     def promote(self, version: str, expected_parent: str | None) -> None:
-        """Move @champion to `version`, unless the champion moved since the candidate was evaluated."""
+        """Move @champion to `version`, unless the champion moved since the candidate was evaluated.
+
+        The alias moves first and the bookkeeping (promoted_at, the outcome) follows: a process that
+        dies in between leaves a champion without an outcome, which `repair` finishes.
+        """
         current = self.champion()
         current_version = current.version if current else None
         if current_version != version:  # equal: a crash after the alias moved; finish the bookkeeping
@@ -371,9 +375,43 @@ class Registry:
                     f"but the champion is now {current_version}"
                 )
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            # compare-and-set in effect: read back, so another writer's move is said, not overwritten
+            now = self.champion()
+            if now is None or now.version != version:
+                raise RatchetError(
+                    f"not promoting version {version}: @champion moved to {now.version if now else 'none'} "
+                    "while it was being set; run `ratchet status`, then retrain"
+                )
+        self._finish_promotion(version)
+
+    def _finish_promotion(self, version: str) -> None:
+        if not self.client.get_model_version(self.name, version).tags.get(PREFIX + "promoted_at"):
             self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", _now())
         self._drop_alias(CHALLENGER, version)
         self._set_outcome(version, "promoted")
+
+    def repair(self) -> list[str]:
+        """Finish what a process killed mid-cycle left half-done; what it did, one line each.
+
+        Run under the workspace lock, before a cycle: no other cycle of this workspace is running,
+        so a run still RUNNING is an orphan.
+        """
+        done: list[str] = []
+        champion = self.champion()
+        if champion is not None and champion.action is None:
+            self._finish_promotion(champion.version)
+            done.append(
+                f"version {champion.version}: @champion had moved, the promotion's records are finished"
+            )
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            for run in self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                self.client.set_tag(
+                    run.info.run_id, PREFIX + "failed", "the process stopped during the cycle"
+                )
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+                done.append(f"run {run.info.run_id}: left running by a stopped process, marked FAILED")
+        return done
 
     def reject(self, version: str) -> None:
         self._set_outcome(version, "rejected")
