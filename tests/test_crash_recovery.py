@@ -8,6 +8,8 @@ import pytest
 
 from ratchet import app
 from ratchet import cycle as cyc
+from ratchet.data import versioning
+from ratchet.errors import InputError
 from ratchet.registry import Registry, open_registry
 from ratchet.stages import train
 from ratchet.workspace import init_workspace, open_workspace
@@ -117,3 +119,23 @@ def test_a_run_left_running_by_a_killed_cycle_is_marked_failed(one_batch: Path) 
     assert run.data.tags["ratchet.failed"] == "the process stopped during the cycle"
     statuses = {r.info.status for r in registry.client.search_runs([exp_id])}
     assert statuses == {"FAILED", "FINISHED"}
+
+
+def test_data_changed_after_ingest_stops_the_cycle_naming_the_files(one_batch: Path) -> None:
+    # given a batch file edited and another deleted after ingest recorded them in data.dvc
+    batch = next((one_batch / "data" / "batches").iterdir())
+    with (batch / "labels.npy").open("ab") as f:
+        f.write(b"\0")
+    (batch / "manifest.json").unlink()
+    # when a cycle starts, then it refuses in one line naming them, and trains on nothing
+    with pytest.raises(InputError) as err:
+        app.retrain(one_batch)
+    message = str(err.value)
+    assert "\n" not in message and "data/ is not the version data.dvc records" in message
+    assert f"deleted data/batches/{batch.name}/manifest.json" in message
+    assert f"modified data/batches/{batch.name}/labels.npy" in message
+    assert open_registry(open_workspace(one_batch)).versions() == []
+    # and once restored as the message says, the cycle runs
+    versioning.dvc(one_batch, "checkout", "--force", "data")
+    outcome = app.retrain(one_batch)
+    assert outcome is not None and outcome.action == "promoted"

@@ -17,6 +17,7 @@ from typing import cast
 
 from ratchet.config import Params, Scalar
 from ratchet.data import catalog, versioning
+from ratchet.errors import InputError
 from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline
 from ratchet.registry import Registry, VersionInfo, open_registry
@@ -74,6 +75,13 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     registry.ensure_store()
     for line in registry.repair():
         print(f"repaired: {line}")
+    changed = versioning.data_changes(ws.root)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise InputError(
+            f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
+            "it; restore it with `dvc checkout --force data`, or re-run the ingest that was interrupted"
+        )
     champion = registry.champion()
     pending = [s for s in ledger(ws, registry) if s.state == "pending"]
     if not pending:

@@ -6,6 +6,7 @@ stays something a person can inspect with the same tools.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,6 +98,20 @@ def version_data(root: Path, message: str) -> DataVersion:
     commit(root, [DATA_DVC, ".gitignore"], message)
     dvc(root, "push", "-q")
     return data_version(root)
+
+
+def data_changes(root: Path) -> list[str]:
+    """Files under data/ that are not as data.dvc records them ("modified data/...", "deleted ...",
+    "added ..."): edited or removed after ingest, or left by an ingest that never finished."""
+    raw = dvc(root, "data", "status", "--granular", "--json").strip()
+    uncommitted = json.loads(raw).get("uncommitted", {}) if raw else {}
+    return [
+        f"{kind} {path}"
+        for kind, paths in sorted(uncommitted.items())
+        for path in paths
+        # files of data/ only (stage outputs are DVC-tracked too); the directory itself adds nothing
+        if isinstance(path, str) and path.startswith("data/") and path != "data/"
+    ]
 
 
 def data_version(root: Path) -> DataVersion:
