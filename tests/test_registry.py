@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ratchet.config import Params, render_params
+from ratchet.errors import RatchetError
 from ratchet.metrics import CycleMetrics, ModelMetrics, SplitMetrics
 from ratchet.registry import CandidateRecord, Registry, open_registry
 from ratchet.workspace import Workspace
@@ -185,3 +186,46 @@ def test_champion_does_not_hide_other_registry_errors(ws: Workspace) -> None:
     bad = Registry(registry.tracking_uri, registry.registry_uri, "", "ratchet")
     with pytest.raises(MlflowException):
         bad.champion()
+
+
+# ---- moving @champion against another writer ------------------------------------------------
+
+
+def test_promote_refuses_when_the_champion_moved_since_evaluation(ws: Workspace, tmp_path: Path) -> None:
+    registry = open_registry(ws)
+    for cycle_id in ("c-1", "c-2", "c-3"):
+        registry.log_candidate(record(tmp_path, cycle_id))
+    registry.promote("1", expected_parent=None)
+    # another writer (its own client, as another process would have) promotes version 3 first
+    MlflowClient(registry.tracking_uri, registry.registry_uri).set_registered_model_alias(
+        registry.name, "champion", "3"
+    )
+    with pytest.raises(RatchetError, match="evaluated against champion 1, but the champion is now 3"):
+        registry.promote("2", expected_parent="1")
+    assert registry.champion() == next(v for v in registry.versions() if v.version == "3")
+    assert next(v for v in registry.versions() if v.version == "2").action is None
+
+
+def test_promote_says_so_when_another_writer_moves_the_champion_while_it_is_set(
+    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = open_registry(ws)
+    for cycle_id in ("c-1", "c-2", "c-3"):
+        registry.log_candidate(record(tmp_path, cycle_id))
+    registry.promote("1", expected_parent=None)
+    other = MlflowClient(registry.tracking_uri, registry.registry_uri)
+    set_alias = registry.client.set_registered_model_alias
+
+    # a window no test can hit on demand: the other writer's move lands right after ours
+    def ours_then_theirs(name: str, alias: str, version: str) -> None:
+        set_alias(name, alias, version)
+        other.set_registered_model_alias(name, alias, "3")
+
+    monkeypatch.setattr(registry.client, "set_registered_model_alias", ours_then_theirs)
+    with pytest.raises(RatchetError, match="@champion moved to 3 while it was being set"):
+        registry.promote("2", expected_parent="1")
+    monkeypatch.undo()
+    # theirs stands, ours is not recorded as promoted: the next cycle starts from what is there
+    champion = registry.champion()
+    assert champion is not None and champion.version == "3"
+    assert next(v for v in registry.versions() if v.version == "2").action is None

@@ -8,7 +8,6 @@ anything a user can cause.
 from __future__ import annotations
 
 import getpass
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.cycle import Outcome
     from ratchet.data.catalog import BatchInfo
     from ratchet.data.ingest import IngestReport, ProgressFn
+    from ratchet.data.journal import Intent
     from ratchet.data.versioning import DataVersion
     from ratchet.ledger import BatchMark, BatchState, MarkAction
     from ratchet.registry import VersionInfo
@@ -49,10 +49,16 @@ class Ingested:
 
 
 def ingest(
-    workspace: Path, source: Path, progress: ProgressFn | None = None, version: bool = True
+    workspace: Path,
+    source: Path,
+    progress: ProgressFn | None = None,
+    version: bool = True,
+    recovered: Callable[[str], None] | None = None,
 ) -> Ingested:
-    """Ingest one batch and (unless told not to) version it with DVC; undone whole if versioning fails."""
-    from ratchet.data import versioning
+    """Ingest one batch and (unless told not to) version it with DVC, as one transaction
+    (`ratchet.data.journal`). An ingest a killed process left is finished first, and `recovered`
+    told what that did."""
+    from ratchet.data import journal
     from ratchet.data.ingest import ingest_batch
     from ratchet.registry import open_registry
 
@@ -68,17 +74,12 @@ def ingest(
         return {b for b, mark in registry.batch_marks().items() if mark.action == "drop"}
 
     with ws.lock():
-        report = ingest_batch(source, ws.data_dir, params.data, progress, dropped)
-        if report.batch_id is None or not version:
-            return Ingested(report, None)
-        try:
-            data_version = versioning.version_data(ws.root, f"ingest {report.batch_id} from {source.name}")
-        except BaseException:
-            # keep data/ equal to the last committed data version: no half-ingested batch is left behind
-            assert report.batch_dir is not None
-            shutil.rmtree(report.batch_dir, ignore_errors=True)
-            shutil.rmtree(ws.data_dir / "quarantine" / report.batch_id, ignore_errors=True)
-            raise
+        if not version:  # regenerating committed data: nothing to record
+            return Ingested(ingest_batch(source, ws.data_dir, params.data, progress, dropped), None)
+        finished = journal.recover(ws.root, ws.data_dir)
+        if finished and recovered is not None:
+            recovered(finished)
+        report, data_version = journal.ingest(ws.root, ws.data_dir, source, params.data, progress, dropped)
     return Ingested(report, data_version)
 
 
@@ -102,6 +103,7 @@ class Status:
     versions: list[VersionInfo]  # oldest first
     batches: list[BatchState]  # every ingested batch, oldest first
     sources: dict[str, str]  # batch id -> the name it was ingested from
+    interrupted: Intent | None  # an ingest a killed process left; the next ingest or retrain finishes it
 
     @property
     def champion(self) -> VersionInfo | None:
@@ -113,7 +115,7 @@ class Status:
 
 def status(workspace: Path) -> Status:
     from ratchet.cycle import ledger
-    from ratchet.data import catalog
+    from ratchet.data import catalog, journal
     from ratchet.registry import open_registry
 
     ws = open_workspace(workspace)
@@ -125,6 +127,7 @@ def status(workspace: Path) -> Status:
         versions=registry.versions(),
         batches=ledger(ws, registry),
         sources={b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)},
+        interrupted=journal.pending(ws.root),
     )
 
 
@@ -221,7 +224,7 @@ def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] 
             if on_batch is not None:
                 on_batch(batch.name, done.report.batch_id)  # None: already present
     # cache what was regenerated under data.dvc's hash; if the hash moved, the data is not that version
-    versioning.dvc(ws.root, "commit", "-f", "-q", versioning.DATA_DVC)
+    versioning.dvc(ws.root, "commit", "-f", versioning.DATA_DVC)
     if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
         versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
         raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")

@@ -1,19 +1,23 @@
 """The `ratchet` command: init, ingest, retrain, status, requeue, drop, rollback, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
-means a bug, and RATCHET_DEBUG=1 shows it.
+means a bug: it goes to the workspace's .ratchet/ratchet.log, and --debug (or RATCHET_DEBUG=1)
+shows it here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ratchet import state
 from ratchet.errors import RatchetError
 from ratchet.train import strategies  # the registry only: no torch
 
@@ -57,7 +61,7 @@ def ingest_progress(source: Path) -> ProgressFn:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    done = app.ingest(args.workspace, args.path, ingest_progress(args.path))
+    done = app.ingest(args.workspace, args.path, ingest_progress(args.path), recovered=print)
     if done.data_version is not None:
         print(f"data version {done.data_version}")
     print(done.report.summary())
@@ -66,9 +70,52 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+class _NoTraceback(logging.Formatter):
+    """Formats as `inner` does, leaving out the traceback (the log file keeps it)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # the record is shared with the other handlers: hide its traceback only while formatting
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _is_run_failure(record: logging.LogRecord) -> bool:
+    # Prefect says a failed task's error three times (task, flow, final state); main() says it once
+    runs = record.name.startswith(("prefect.task_runs", "prefect.flow_runs"))
+    return runs and (record.levelno >= logging.ERROR or "in state Failed" in record.getMessage())
+
+
+def _prefect_output(workspace: Path, debug: bool) -> None:
+    """The flow's progress lines on the console; everything Prefect logs, tracebacks included, in
+    the workspace's log. Called after Prefect has configured logging (importing it does): its
+    console handler is the root logger's stream handler."""
+    root = logging.getLogger()
+    if not debug:
+        for handler in root.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setFormatter(_NoTraceback(handler.formatter))
+                handler.addFilter(lambda record: not _is_run_failure(record))
+    state.directory(workspace)
+    to_file = logging.FileHandler(workspace / state.LOG, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ratchet import app
+    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
+    from ratchet.workspace import open_workspace
 
+    _prefect_output(open_workspace(args.workspace).root, bool(os.environ.get("RATCHET_DEBUG")))
     outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     if outcome is not None:
         print(format_outcome(outcome))
@@ -124,6 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "model_name": now.model_name,
             "champion": {"version": champion.version if champion else None},
             "versions": [v.to_json() for v in now.versions],
+            "interrupted_ingest": dataclasses.asdict(now.interrupted) if now.interrupted else None,
             "batches": [
                 {**dataclasses.asdict(s), "source": now.sources.get(s.batch_id, "")} for s in now.batches
             ],
@@ -131,6 +179,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
         return 0
     print(f"model {now.model_name}: champion {'version ' + champion.version if champion else 'none yet'}")
+    if now.interrupted:
+        i = now.interrupted
+        print(
+            f"interrupted ingest of {i.source} (batch {i.batch_id}, "
+            f"{'committed, not pushed' if i.committed else 'not committed'}): "
+            "the next `ratchet ingest` or `ratchet retrain` completes or undoes it"
+        )
     counts = Counter(s.state for s in now.batches)
     print("batches: " + ", ".join(f"{counts[k]} {k}" for k in ("learned", "pending", "held", "dropped")))
     for s in now.batches:
@@ -186,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratchet",
         description="Continual retraining of image classifiers: the champion only moves forward.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help=f"print tracebacks here too (they always go to {state.LOG})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -274,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ["RATCHET_DEBUG"] = "1"
     _configure_runtime()
     try:
         return int(args.func(args))
@@ -290,8 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("RATCHET_DEBUG"):
             raise
+        where = getattr(args, "workspace", None) or getattr(args, "directory", None)
+        logged = state.log(where, "internal error", traceback.format_exc()) if where else ""
         print(
-            f"ratchet: internal error: {type(exc).__name__}: {exc} (RATCHET_DEBUG=1 shows where)",
+            f"ratchet: internal error: {type(exc).__name__}: {exc} "
+            f"(traceback in {logged or 'nowhere: the workspace is not writable'}; --debug prints it)",
             file=sys.stderr,
         )
         return 1

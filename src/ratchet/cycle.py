@@ -15,15 +15,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
+from ratchet import faults
 from ratchet.config import Params, Scalar
-from ratchet.data import catalog, versioning
-from ratchet.errors import InputError
+from ratchet.data import catalog, journal, versioning
+from ratchet.errors import InputError, RatchetError
 from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle, code_version
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
+
+# every cycle's commit says this (releases before this one did too): how git history counts cycles
+CYCLE_COMMIT = "cycle {id}: candidate for {batches}"
 
 
 def make_cycle(
@@ -72,9 +76,13 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     if strategy is not None:
         strategies.check(strategy)
     registry = open_registry(ws, params)
+    _check_not_lost(ws, registry)
     registry.ensure_store()
     for line in registry.repair():
         print(f"repaired: {line}")
+    recovered = journal.recover(ws.root, ws.data_dir)
+    if recovered:
+        print(recovered)
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -100,7 +108,21 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     if ws.upgrade_pipeline():
         print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
     cycle.save(ws.stage_paths().cycle)
+    faults.reached("retrain:planned")
     return cycle
+
+
+def _check_not_lost(ws: Workspace, registry: Registry) -> None:
+    """Refuse to start over when git records cycles and the registry holds no version: the store was
+    deleted, emptied or is not the one this workspace used. A new "version 1" would orphan them all."""
+    cycle_line = "^" + CYCLE_COMMIT.format(id="[0-9a-f]{12}", batches="")
+    recorded = versioning.commits_matching(ws.root, cycle_line)
+    if recorded and not registry.versions():
+        raise RatchetError(
+            f"registry lost: {recorded} cycle(s) recorded in git, 0 versions of {registry.name} in "
+            f"{registry.tracking_uri}; restore that store (or point registry.tracking_uri / "
+            "MLFLOW_TRACKING_URI at the one holding them) before retraining"
+        )
 
 
 # The stages, with the paths dvc.yaml names and this workspace's params. Imported when run: they
@@ -113,6 +135,7 @@ def run_prepare(ws: Workspace) -> None:
     paths, params = ws.stage_paths(), ws.params()
     fetch = open_registry(ws, params).download_checkpoint
     prepare.run(paths.cycle, paths.data, paths.prepared, params, fetch)
+    faults.reached("retrain:prepared")
 
 
 def run_train(ws: Workspace) -> None:
@@ -120,6 +143,7 @@ def run_train(ws: Workspace) -> None:
 
     paths = ws.stage_paths()
     train.run(paths.prepared, paths.candidate, ws.params())
+    faults.reached("retrain:trained")
 
 
 def run_evaluate(ws: Workspace) -> None:
@@ -127,6 +151,7 @@ def run_evaluate(ws: Workspace) -> None:
 
     paths = ws.stage_paths()
     evaluate.run(paths.prepared, paths.candidate, paths.eval, ws.params())
+    faults.reached("retrain:evaluated")
 
 
 @dataclass(frozen=True)
@@ -153,12 +178,14 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     paths = ws.stage_paths()
     # dvc commit records the stage outputs this process just produced in dvc.lock,
     # exactly as `dvc repro` would have: the lock then names this candidate's inputs and outputs
-    versioning.dvc(ws.root, "commit", "-f", "-q")
+    versioning.dvc(ws.root, "commit", "-f")
+    faults.reached("retrain:dvc-committed")
     commit = versioning.commit(
         ws.root,
         [str(p.relative_to(ws.root)) for p in paths.committed()] + ["dvc.yaml", "dvc.lock"],
-        f"cycle {cycle.cycle_id}: candidate for {', '.join(cycle.new_batches)}",
+        CYCLE_COMMIT.format(id=cycle.cycle_id, batches=", ".join(cycle.new_batches)),
     )
+    faults.reached("retrain:git-committed")
     metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())
@@ -197,6 +224,7 @@ def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resu
     else:
         registry.reject(version.version)
         action = "rejected"
+    faults.reached("retrain:outcome-set")
     return Outcome(
         cycle_id=cycle.cycle_id,
         version=version.version,

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, cast, get_args
 
+from ratchet import faults
 from ratchet.errors import RatchetError
 from ratchet.ledger import BatchMark, Decided
 from ratchet.metrics import MODELS, SPLITS, Action, CycleMetrics, Headline, Verdict
@@ -294,6 +295,7 @@ class Registry:
         tags = self._version_tags(rec)
         headline = rec.metrics.headline()
         with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
+            faults.reached("retrain:run-started")
             mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith(PREFIX + "metrics.")})
             mlflow.log_params({**rec.params, "strategy": rec.strategy, "batches": ",".join(rec.new_batches)})
             for epoch in rec.history:
@@ -322,9 +324,12 @@ class Registry:
                 # the signature says what goes in; an example would cost a model load per cycle
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
                 info = self._log_model(rec)
+            faults.reached("retrain:model-logged")
             run_id = run.info.run_id
+        faults.reached("retrain:run-ended")
         mv = mlflow.register_model(info.model_uri, self.name, tags=tags)
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
+        faults.reached("retrain:registered")
         return VersionInfo(str(mv.version), tags, (), rec.summary, run_id)
 
     def _log_model(self, rec: CandidateRecord) -> ModelInfo:
@@ -375,6 +380,7 @@ class Registry:
                     f"but the champion is now {current_version}"
                 )
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            faults.reached("retrain:alias-moved")
             # compare-and-set in effect: read back, so another writer's move is said, not overwritten
             now = self.champion()
             if now is None or now.version != version:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ratchet import faults
 from ratchet.config import DataParams
 from ratchet.data.catalog import batches_dir, known_hashes, list_batches
 from ratchet.errors import InputError
@@ -472,6 +473,7 @@ def _publish(
                 shutil.rmtree(q_final)  # belongs to a batch id that is not in batches/ (deleted by hand)
             os.replace(q_tmp, q_final)
             q_published = True
+            faults.reached("ingest:quarantine-published")
         # The batch rename is the commit point: until it happens the batch does not exist.
         os.replace(tmp, final)
     except BaseException:
@@ -489,6 +491,7 @@ def ingest_batch(
     params: DataParams,
     progress: ProgressFn | None = None,
     dropped: Callable[[], set[str]] | None = None,
+    before_publish: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Validate, canonicalise, deduplicate and split `source`; store it as a new batch.
 
@@ -496,6 +499,7 @@ def ingest_batch(
     usable. Returns a report with `batch_id=None` (writing nothing) when every usable sample was
     already ingested. Samples of batches that `dropped()` names do not count as ingested, so a
     relabelled copy of a dropped batch comes in; it is asked only when there are duplicates.
+    `before_publish(batch_id)` runs before anything is written (the ingest journal's hook).
     """
     source = Path(source)
     data_dir = Path(data_dir)
@@ -578,6 +582,8 @@ def ingest_batch(
             {"source": d.source, "sha256": d.sha256, "duplicate_of": d.duplicate_of} for d in duplicates
         ],
     }
+    if before_publish is not None:
+        before_publish(batch_id)
     batches_dir(data_dir).mkdir(parents=True, exist_ok=True)
     batch_dir = _publish(data_dir, batch_id, images, labels, manifest, quarantined, copies)
     return IngestReport(

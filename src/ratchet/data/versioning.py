@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ratchet import state
 from ratchet.errors import RatchetError
 
 DATA_DVC = "data.dvc"
@@ -44,10 +45,21 @@ def _run(args: list[str], cwd: Path, what: str) -> str:
     except FileNotFoundError:
         raise RatchetError(f"{what} failed: {args[0]} is not installed") from None
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
-        detail = next((ln for ln in reversed(lines) if "ERROR" in ln), lines[-1] if lines else "no output")
-        raise RatchetError(f"{what} failed: {detail}")
+        output = done.stderr + done.stdout
+        logged = state.log(cwd, f"{' '.join(args)} (exit {done.returncode})", output)
+        where = f" (full output in {logged})" if logged else ""
+        raise RatchetError(f"{what} failed: {failure_cause(output)}{where}")
     return done.stdout
+
+
+def failure_cause(output: str) -> str:
+    """The line of a failed git or DVC command that says why, named plainly where we can tell."""
+    # DVC ends every failure with an invitation to its support chat: never the cause
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip() and "Having any troubles" not in ln]
+    if any("No space left on device" in ln for ln in lines):
+        return "disk full (No space left on device)"
+    errors = [ln for ln in lines if "ERROR" in ln or "error:" in ln or "fatal:" in ln]
+    return (errors or lines or ["no output"])[-1]
 
 
 def git(root: Path, *args: str) -> str:
@@ -67,7 +79,7 @@ def ensure_repos(root: Path, remote: Path) -> None:
         if not git_config(root, key):
             git(root, "config", key, value)
     if not (root / ".dvc").exists():
-        dvc(root, "init", "-q")
+        dvc(root, "init")  # no -q anywhere: DVC then says nothing about why it failed
         dvc(root, "config", "core.analytics", "false")
     if not dvc(root, "remote", "list").strip():
         remote.mkdir(parents=True, exist_ok=True)
@@ -88,16 +100,27 @@ def commit(root: Path, paths: list[str], message: str) -> str:
     return head(root)
 
 
+def commits_matching(root: Path, pattern: str) -> int:
+    """How many commits of HEAD's history have a message line matching `pattern` (extended regex);
+    0 in a repository without commits."""
+    args = ["git", "rev-list", "--count", "-E", f"--grep={pattern}", "HEAD"]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    return int(done.stdout.strip()) if done.returncode == 0 else 0
+
+
 def head(root: Path) -> str:
     return git(root, "rev-parse", "HEAD").strip()
 
 
-def version_data(root: Path, message: str) -> DataVersion:
-    """dvc add data/, commit data.dvc, dvc push: the batch is versioned and backed up."""
-    dvc(root, "add", "-q", "data")
-    commit(root, [DATA_DVC, ".gitignore"], message)
-    dvc(root, "push", "-q")
-    return data_version(root)
+def restore_from_head(root: Path, paths: list[str]) -> None:
+    """Put `paths` back as HEAD has them, in the index and on disk; delete those HEAD lacks."""
+    for path in paths:
+        known = subprocess.run(["git", "cat-file", "-e", f"HEAD:{path}"], cwd=root, capture_output=True)
+        if known.returncode == 0:
+            git(root, "checkout", "HEAD", "--", path)
+        else:
+            git(root, "rm", "-q", "--cached", "--ignore-unmatch", "--", path)
+            (root / path).unlink(missing_ok=True)
 
 
 def data_changes(root: Path) -> list[str]:
