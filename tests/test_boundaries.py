@@ -222,3 +222,33 @@ def test_the_import_graph_has_no_circles() -> None:
         if start not in state:
             visit(start, [start])
     assert circles == []
+
+
+def serving_closure() -> tuple[set[Path], set[str]]:
+    """The ratchet files a loaded model runs (from pyfunc_entry.py, every import, lazy ones included,
+    and the packages above each module) and the third-party packages they import."""
+    files: set[Path] = set()
+    packages: set[str] = set()
+    todo = [PKG / "pyfunc_entry.py"]
+    while todo:
+        path = todo.pop()
+        for mod, _ in imports(path):
+            root = mod.split(".")[0]
+            if root == "ratchet":
+                for dep in with_parents(mod):
+                    dep_file = module_file(dep)
+                    if dep_file is not None and dep_file not in files:
+                        files.add(dep_file)
+                        todo.append(dep_file)
+            elif root not in STDLIB:
+                packages.add(root)
+    return files, packages
+
+
+def test_the_model_carries_exactly_the_ratchet_modules_serving_reaches_and_declares_their_packages() -> None:
+    from ratchet.registry import SERVING_MODULES, SERVING_PACKAGES
+
+    files, packages = serving_closure()
+    assert PKG / "train" / "checkpoint.py" in files, "the scan did not follow serving's lazy imports"
+    assert sorted(str(f.relative_to(PKG)) for f in files) == sorted(SERVING_MODULES)
+    assert "torch" in packages and packages <= set(SERVING_PACKAGES)

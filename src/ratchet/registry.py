@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,23 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
+# What a registered version runs when it is loaded and asked to predict, so that it loads where ratchet
+# is not installed: these ratchet modules (paths under the package) travel inside the model as its
+# code, copied from the ratchet that trained it; these packages, pinned, are its pip requirements.
+# tests/test_boundaries.py checks that the modules are exactly those serving.py reaches and that they
+# import no other package.
+SERVING_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "atomic.py",
+    "serving.py",
+    "train/__init__.py",
+    "train/checkpoint.py",
+    "train/memory.py",
+    "train/model.py",
+    "train/strategies/__init__.py",
+)
+SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas")
 if TYPE_CHECKING:  # mlflow is imported when a method needs it
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models import ModelSignature
@@ -335,15 +354,17 @@ class Registry:
     def _log_model(self, rec: CandidateRecord) -> ModelInfo:
         import mlflow.pyfunc
 
-        info: ModelInfo = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"checkpoint": str(rec.checkpoint_dir)},
-            signature=_signature(rec.checkpoint_dir),
-            # given, not inferred: inference costs seconds and guesses from the whole venv
-            pip_requirements=[f"{p}=={metadata.version(p)}" for p in ("torch", "numpy", "pandas")]
-            + [f"mlflow=={metadata.version('mlflow')}"],
-        )
+        with tempfile.TemporaryDirectory(prefix="ratchet-model-code-") as tmp:
+            info: ModelInfo = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                artifacts={"checkpoint": str(rec.checkpoint_dir)},
+                # stored as code/ratchet/, which loading puts first on sys.path
+                code_paths=[str(_stage_serving_code(Path(tmp)))],
+                signature=_signature(rec.checkpoint_dir),
+                # given, not inferred: inference costs seconds and guesses from the whole venv
+                pip_requirements=model_requirements(),
+            )
         return info
 
     def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
@@ -471,6 +492,26 @@ def _info(mv: ModelVersion, aliases: Sequence[str] | None = None) -> VersionInfo
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements of a registered version: every package its code imports, at this version.
+
+    A local version label (torch's `+cpu`, `+cu130`) is left off, as MLflow does: package indexes
+    hold the plain version, which is the same release.
+    """
+    return [f"{p}=={metadata.version(p).partition('+')[0]}" for p in SERVING_PACKAGES]
+
+
+def _stage_serving_code(dst: Path) -> Path:
+    """The ratchet modules a loaded version runs (`SERVING_MODULES`), copied from this ratchet into
+    `dst/ratchet`: the package directory that `code_paths` stores with the model."""
+    src, package = Path(__file__).parent, dst / "ratchet"
+    for rel in SERVING_MODULES:
+        target = package / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, target)
+    return package
 
 
 def _signature(checkpoint_dir: Path) -> ModelSignature:

@@ -2,6 +2,10 @@
 
 The registry stores a checkpoint directory (weights, spec, replay memory) as a pyfunc artifact;
 this class loads it weights-only, so nothing in the registry is ever unpickled.
+
+This module and the ratchet modules it reaches are stored with every version (`registry.SERVING_MODULES`)
+and run where only the version's pip requirements (`registry.SERVING_PACKAGES`) are installed: they
+import nothing else.
 """
 
 from __future__ import annotations
