@@ -10,7 +10,7 @@ from ratchet import app
 from ratchet import cycle as cyc
 from ratchet.data import versioning
 from ratchet.errors import InputError
-from ratchet.registry import Registry, open_registry
+from ratchet.registry import open_registry
 from ratchet.stages import train
 from ratchet.workspace import init_workspace, open_workspace
 
@@ -80,45 +80,6 @@ def test_dry_run_marks_a_challenger_and_keeps_the_champion(
     challenger = next(v for v in registry.versions() if v.version == outcome.version)
     assert "challenger" in challenger.aliases
     assert challenger.status == "awaiting approval"
-
-
-def test_a_champion_moved_but_not_recorded_is_finished_by_the_next_command(
-    one_batch: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a fault we cannot cause for real on demand: the process dies right after @champion moved
-    def killed(self: Registry, version: str) -> None:
-        raise RuntimeError("simulated kill after the alias moved")
-
-    monkeypatch.setattr(Registry, "_finish_promotion", killed)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        app.retrain(one_batch)
-    monkeypatch.undo()
-    registry = open_registry(open_workspace(one_batch))
-    half = registry.champion()
-    assert half is not None and half.action is None  # a champion without its outcome
-
-    # the next command finishes the books instead of leaving it so forever
-    assert app.retrain(one_batch) is None  # its batches are learned: nothing to train on
-    champion = registry.champion()
-    assert champion is not None and champion.version == half.version
-    assert champion.action == "promoted" and champion.tag("promoted_at")
-    assert champion.status == "champion"
-
-
-def test_a_run_left_running_by_a_killed_cycle_is_marked_failed(one_batch: Path) -> None:
-    # given the run a cycle killed mid-logging leaves behind (status RUNNING, as kill -9 leaves it)
-    registry = open_registry(open_workspace(one_batch))
-    exp_id = registry.ensure_store()
-    orphan = registry.client.create_run(exp_id, run_name="cycle killed")
-    assert registry.client.get_run(orphan.info.run_id).info.status == "RUNNING"
-    # when the next cycle starts
-    assert app.retrain(one_batch) is not None
-    # then the orphan is closed as FAILED, saying why, and the new cycle's own run finished
-    run = registry.client.get_run(orphan.info.run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["ratchet.failed"] == "the process stopped during the cycle"
-    statuses = {r.info.status for r in registry.client.search_runs([exp_id])}
-    assert statuses == {"FAILED", "FINISHED"}
 
 
 def test_data_changed_after_ingest_stops_the_cycle_naming_the_files(one_batch: Path) -> None:

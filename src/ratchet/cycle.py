@@ -113,13 +113,21 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
 
 
 def _check_not_lost(ws: Workspace, registry: Registry) -> None:
-    """Refuse to start over when git records cycles and the registry holds no version: the store was
-    deleted, emptied or is not the one this workspace used. A new "version 1" would orphan them all."""
+    """Refuse to start over when git records cycles the registry cannot have seen: it holds no version
+    and its model is missing or younger than the first cycle commit, so the store was deleted,
+    emptied, or is not the one this workspace used. A new "version 1" would orphan them all.
+
+    A cycle killed between its commit and its registration leaves a commit and no version too; its
+    registered model (made by `ratchet init`) is older than the commit, so it is resumed, not refused.
+    """
+    if registry.versions():
+        return
     cycle_line = "^" + CYCLE_COMMIT.format(id="[0-9a-f]{12}", batches="")
-    recorded = versioning.commits_matching(ws.root, cycle_line)
-    if recorded and not registry.versions():
+    committed = versioning.commit_times(ws.root, cycle_line)
+    created = registry.created_at()
+    if committed and (created is None or int(created) > min(committed)):  # git keeps whole seconds
         raise RatchetError(
-            f"registry lost: {recorded} cycle(s) recorded in git, 0 versions of {registry.name} in "
+            f"registry lost: {len(committed)} cycle(s) recorded in git, 0 versions of {registry.name} in "
             f"{registry.tracking_uri}; restore that store (or point registry.tracking_uri / "
             "MLFLOW_TRACKING_URI at the one holding them) before retraining"
         )

@@ -256,6 +256,11 @@ class Registry:
         # search results carry no aliases in every store: the version itself does
         return _info(self.client.get_model_version(self.name, str(first.version)))
 
+    def created_at(self) -> float | None:
+        """When the registered model was created (unix seconds); None if it does not exist."""
+        found = self.client.search_registered_models(f"name='{self.name}'")
+        return found[0].creation_timestamp / 1000 if found else None
+
     def _aliases(self) -> dict[str, str]:
         model = self.client.get_registered_model(self.name)
         return {alias: str(v) for alias, v in (getattr(model, "aliases", None) or {}).items()}

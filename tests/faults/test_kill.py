@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from ratchet import app, faults, state
 from ratchet.data import journal, versioning
 from ratchet.data.digits import StreamBatch
 from ratchet.registry import open_registry
-from ratchet.workspace import open_workspace
+from ratchet.workspace import init_workspace, open_workspace
 
 MODEL = "faults-it"
 
@@ -68,15 +70,34 @@ def ratchet(*args: str, kill_at: str | None = None, trace: Path | None = None) -
     return done.returncode
 
 
-def new_workspace(root: Path) -> Path:
-    app.init(root, model_name=MODEL)
-    return root
+@pytest.fixture(scope="module")
+def templates(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Workspaces each case copies: "empty" (git, DVC, params) and "ingested" (the batch recorded).
+
+    Copies, because making them costs more than some cases; no MLflow store yet (the first command
+    makes it), so no copy shares an artifact location with another. Three epochs: the kills and
+    their recovery do not depend on how long training runs.
+    """
+    base = tmp_path_factory.mktemp("templates")
+    empty = base / "empty"
+    init_workspace(empty, model_name=MODEL)
+    params = empty / "params.yaml"
+    params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 3", params.read_text()))
+    versioning.commit(empty, ["params.yaml"], "three epochs")
+    ingested = base / "ingested"
+    shutil.copytree(empty, ingested, symlinks=True)
+    app.ingest(ingested, source)
+    return {"empty": empty, "ingested": ingested}
+
+
+def copy_of(template: Path, where: Path) -> Path:
+    return Path(shutil.copytree(template, where / "ws", symlinks=True))
 
 
 def ingest_state(root: Path) -> dict[str, object]:
     """What an ingest leaves that must not depend on whether it was interrupted."""
     ws = open_workspace(root)
-    cloud = versioning.dvc(root, "status", "--cloud", "--json").strip()
+    cloud = versioning.dvc(root, "status", "--cloud", "--json", "data.dvc").strip()
     return {
         "data": versioning.data_version(root).md5,  # data/ byte for byte, quarantine included
         "changes": versioning.data_changes(root),
@@ -106,9 +127,11 @@ def cycle_state(root: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def reference(
+    source: Path, templates: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
     """An uninterrupted ingest and retrain, with the kill points each crossed."""
-    root = new_workspace(tmp_path_factory.mktemp("reference") / "ws")
+    root = copy_of(templates["empty"], tmp_path_factory.mktemp("reference"))
     traces = tmp_path_factory.mktemp("traces")
     ratchet("ingest", str(source), "-w", str(root), trace=traces / "ingest")
     after_ingest = ingest_state(root)
@@ -132,9 +155,9 @@ def test_the_kill_points_are_every_boundary_a_real_run_crosses(reference: dict[s
 @pytest.mark.fault("kill -9 ingest, then ingest again")
 @pytest.mark.parametrize("point", faults.INGEST_POINTS)
 def test_killed_ingest_is_completed_by_the_same_ingest(
-    point: str, source: Path, tmp_path: Path, reference: dict[str, object]
+    point: str, source: Path, templates: dict[str, Path], tmp_path: Path, reference: dict[str, object]
 ) -> None:
-    root = new_workspace(tmp_path / "ws")
+    root = copy_of(templates["empty"], tmp_path)
     assert ratchet("ingest", str(source), "-w", str(root), kill_at=point) == -signal.SIGKILL
     assert journal.pending(root) is not None  # the intent outlived the process
     ratchet("ingest", str(source), "-w", str(root))
@@ -144,9 +167,9 @@ def test_killed_ingest_is_completed_by_the_same_ingest(
 @pytest.mark.fault("kill -9 ingest, then retrain")
 @pytest.mark.parametrize("point", ["ingest:published", "ingest:committed"])
 def test_killed_ingest_is_completed_by_the_next_retrain(
-    point: str, source: Path, tmp_path: Path, reference: dict[str, object]
+    point: str, source: Path, templates: dict[str, Path], tmp_path: Path, reference: dict[str, object]
 ) -> None:
-    root = new_workspace(tmp_path / "ws")
+    root = copy_of(templates["empty"], tmp_path)
     assert ratchet("ingest", str(source), "-w", str(root), kill_at=point) == -signal.SIGKILL
     ratchet("retrain", "-w", str(root))
     assert ingest_state(root) == reference["ingest"]
@@ -156,10 +179,9 @@ def test_killed_ingest_is_completed_by_the_next_retrain(
 @pytest.mark.fault("kill -9 retrain, then retrain again")
 @pytest.mark.parametrize("point", faults.RETRAIN_POINTS)
 def test_killed_retrain_is_finished_by_the_next_retrain(
-    point: str, source: Path, tmp_path: Path, reference: dict[str, object]
+    point: str, templates: dict[str, Path], tmp_path: Path, reference: dict[str, object]
 ) -> None:
-    root = new_workspace(tmp_path / "ws")
-    app.ingest(root, source)
+    root = copy_of(templates["ingested"], tmp_path)
     assert ratchet("retrain", "-w", str(root), kill_at=point) == -signal.SIGKILL
     ratchet("retrain", "-w", str(root))
     assert cycle_state(root) == reference["cycle"]

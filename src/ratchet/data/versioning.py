@@ -100,12 +100,12 @@ def commit(root: Path, paths: list[str], message: str) -> str:
     return head(root)
 
 
-def commits_matching(root: Path, pattern: str) -> int:
-    """How many commits of HEAD's history have a message line matching `pattern` (extended regex);
-    0 in a repository without commits."""
-    args = ["git", "rev-list", "--count", "-E", f"--grep={pattern}", "HEAD"]
+def commit_times(root: Path, pattern: str) -> list[int]:
+    """Commit times (unix seconds) of HEAD's commits with a message line matching `pattern`
+    (extended regex); none in a repository without commits."""
+    args = ["git", "log", "--format=%ct", "-E", f"--grep={pattern}", "HEAD"]
     done = subprocess.run(args, cwd=root, capture_output=True, text=True)
-    return int(done.stdout.strip()) if done.returncode == 0 else 0
+    return [int(t) for t in done.stdout.split()] if done.returncode == 0 else []
 
 
 def head(root: Path) -> str:
