@@ -88,7 +88,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise InputError(
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
-            "it; restore it with `dvc checkout --force data`, or re-run the ingest that was interrupted"
+            "it; restore it with `dvc checkout --force data`"
         )
     champion = registry.champion()
     pending = [s for s in ledger(ws, registry) if s.state == "pending"]
