@@ -379,3 +379,17 @@ def test_an_npz_whose_header_declares_a_huge_array_is_refused_before_allocating(
     with pytest.raises(InputError, match=r"unpack to 1000000000\d{3} bytes"):
         ingest_batch(src, tmp_path / "data", DataParams())
     assert files_under(tmp_path / "data") == []
+
+
+def test_an_npz_with_more_arrays_than_it_may_hold_is_refused_from_its_directory(tmp_path: Path) -> None:
+    # given an archive of 10,000 tiny members besides images and labels
+    src = tmp_path / "many.npz"
+    np.savez(src, images=np.zeros((2, 8, 8), np.uint8), labels=np.zeros(2, np.int64))
+    with zipfile.ZipFile(src, "a") as archive:
+        for i in range(10_000):
+            archive.writestr(f"extra{i}.npy", b"")
+    # when ingested, then refused in one line naming what is extra, and nothing is written
+    extra = r"unknown key\(s\) extra0, extra1, extra10 and 9997 more in 10002 arrays"
+    with pytest.raises(InputError, match=extra):
+        ingest_batch(src, tmp_path / "data", PARAMS)
+    assert files_under(tmp_path / "data") == []

@@ -350,6 +350,16 @@ def _unpacked_bytes(source: Path) -> int:
     """
     total = 0
     with zipfile.ZipFile(source) as archive:
+        # only images, labels and classes are read: any other member, and any count past three, is
+        # refused from the directory alone (a million-member archive would cost a header read each)
+        members = [i.filename.removesuffix(".npy") for i in archive.infolist()]
+        unknown = sorted(set(members) - set(_NPZ_KEYS))
+        if unknown or len(members) > len(set(members)):
+            shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+            raise InputError(
+                f"{source}: unknown key(s) {shown or '(a name repeated)'} in {len(members)} arrays "
+                f"(known: {', '.join(_NPZ_KEYS)})"
+            )
         for info in archive.infolist():
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
@@ -382,9 +392,6 @@ def _read_npz(
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
     with npz:
-        unknown = sorted(set(npz.files) - set(_NPZ_KEYS))
-        if unknown:
-            raise InputError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(_NPZ_KEYS)})")
         for key in ("images", "labels"):
             if key not in npz.files:
                 raise InputError(f"{source}: missing key {key!r}")
