@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +98,33 @@ def test_retrain_with_no_batches_says_so(
     done = run_ratchet("retrain", "-w", str(workspace), api_url=prefect_server)
     assert done.returncode == 0, done.stderr
     assert "nothing new to train on" in done.stdout
+
+
+def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
+    tmp_path: Path, stream_files: dict[str, Path], prefect_server: str, run_ratchet: RunRatchet
+) -> None:
+    def retrain(*flags: str) -> str:
+        # Prefect's console as a user has it (the suite turns it down for its own process)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_HANDLERS_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "ratchet.cli", *flags, "retrain", "-w", str(root)],
+            env={**env, "PREFECT_API_URL": prefect_server},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    root = tmp_path / "ws"
+    init_workspace(root)
+    assert run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root)).returncode == 0
+    said = retrain()
+    assert "epoch  12" in said and "images/s" in said and "version 1 promoted" in said
+    assert "Beginning flow run" not in said and "Finished in state" not in said
+    assert "Finished in state Completed" in (root / ".ratchet" / "ratchet.log").read_text()
+    assert run_ratchet("ingest", str(stream_files["digits-5-9"]), "-w", str(root)).returncode == 0
+    assert "Finished in state Completed" in retrain("--verbose")
 
 
 # ---- init on an existing workspace, init with the image size ---------------------------------

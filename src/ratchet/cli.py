@@ -93,16 +93,32 @@ def _is_run_failure(record: logging.LogRecord) -> bool:
     return runs and (record.levelno >= logging.ERROR or "in state Failed" in record.getMessage())
 
 
-def _prefect_output(workspace: Path, debug: bool) -> None:
-    """The flow's progress lines on the console; everything Prefect logs, tracebacks included, in
-    the workspace's log. Called after Prefect has configured logging (importing it does): its
-    console handler is the root logger's stream handler."""
+def _is_chatter(record: logging.LogRecord) -> bool:
+    # Prefect's own INFO lines (run names, UI links, states, its temporary server). What ratchet
+    # prints inside the flow is an INFO record too, made by Prefect's print patch, but it names the
+    # ratchet line that printed as its source
+    return record.levelno < logging.WARNING and f"{os.sep}prefect{os.sep}" in record.pathname
+
+
+def _prefect_output(workspace: Path | None, args: argparse.Namespace) -> None:
+    """On the console, ratchet's own lines and Prefect's warnings (--verbose: all of Prefect's
+    lines; --debug: tracebacks too); in the workspace's log, everything Prefect logs. Called after
+    Prefect has configured logging (importing it does): its console handler is the root logger's
+    stream handler."""
     root = logging.getLogger()
-    if not debug:
-        for handler in root.handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.setFormatter(_NoTraceback(handler.formatter))
-                handler.addFilter(lambda record: not _is_run_failure(record))
+    debug = bool(os.environ.get("RATCHET_DEBUG"))
+    for handler in root.handlers:
+        if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+            continue
+        if not debug:
+            handler.setFormatter(_NoTraceback(handler.formatter))
+            handler.addFilter(lambda record: not _is_run_failure(record))
+        if not args.verbose:
+            handler.addFilter(lambda record: not _is_chatter(record))
+    if not args.verbose:  # "Created version '2' of model ...": ratchet says which version it made
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if workspace is None:
+        return
     state.directory(workspace)
     to_file = logging.FileHandler(workspace / state.LOG, encoding="utf-8")
     to_file.setLevel(logging.INFO)
@@ -115,7 +131,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
     from ratchet.workspace import open_workspace
 
-    _prefect_output(open_workspace(args.workspace).root, bool(os.environ.get("RATCHET_DEBUG")))
+    _prefect_output(open_workspace(args.workspace).root, args)
     outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     if outcome is not None:
         print(format_outcome(outcome))
@@ -220,6 +236,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ratchet.demo import run_demo
+    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
+
+    _prefect_output(None, args)
 
     return run_demo(args.workspace)
 
@@ -244,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--debug", action="store_true", help=f"print tracebacks here too (they always go to {state.LOG})"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print Prefect's own log lines too (run names, links, states)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
