@@ -19,7 +19,21 @@ from ratchet.workspace import init_workspace
 SCHEMA1 = (Path(__file__).parent / "fixtures" / "params-schema1.yaml").read_text()
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
-COMMANDS = ["init", "ingest", "retrain", "status", "requeue", "drop", "rollback", "demo", "reference-data"]
+COMMANDS = [
+    "init",
+    "ingest",
+    "retrain",
+    "status",
+    "approve",
+    "reject",
+    "override",
+    "history",
+    "requeue",
+    "drop",
+    "rollback",
+    "demo",
+    "reference-data",
+]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +166,7 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
     out = capsys.readouterr().out
     added = (
         "schema, registry.tracking_uri, registry.registry_uri, data.max_unpacked_bytes, train.seed, "
-        "train.derpp_alpha, train.derpp_beta, gate.min_accuracy"
+        "train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review"
     )
     assert f"params.yaml: added {added}" in out
     new = (root / "params.yaml").read_text()
@@ -173,6 +187,8 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         "derpp_alpha",
         "derpp_beta",
         "min_accuracy",
+        "review",
+        "approval",
     ]
     params = init_workspace(root)[0].params()
     assert params.train.num_epochs == 3 and params.train.seed == 0 and params.gate.min_accuracy == 0.6

@@ -399,6 +399,7 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "train.derpp_alpha",
         "train.derpp_beta",
         "gate.max_label_gap_pt",
+        "review",
     ]
     old_lines, new_lines = text.splitlines(), new.splitlines()
     inserted = [line for line in new_lines if line not in old_lines]
@@ -411,6 +412,8 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "derpp_alpha",
         "derpp_beta",
         "max_label_gap_pt",
+        "review",
+        "approval",
     ]
     it = iter(new_lines)
     assert all(line in it for line in old_lines)  # every old line kept, in order
@@ -438,6 +441,7 @@ def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
         "train.derpp_alpha",
         "train.derpp_beta",
         "gate",
+        "review",
     ]
     assert new.startswith("schema: 2\n")
     assert new.endswith(render_params()[render_params().index("gate:") :])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +22,7 @@ if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.data.ingest import IngestReport, ProgressFn
     from ratchet.data.journal import Intent
     from ratchet.data.versioning import DataVersion
-    from ratchet.ledger import BatchMark, BatchState, MarkAction
+    from ratchet.ledger import BatchMark, BatchState, MarkAction, ReviewAction
     from ratchet.registry import VersionInfo
 
 
@@ -109,6 +108,11 @@ class Status:
     def champion(self) -> VersionInfo | None:
         return next((v for v in self.versions if v.status == "champion"), None)
 
+    @property
+    def awaiting(self) -> list[str]:
+        """Versions marked @challenger (manual approval or a dry run), waiting for a person."""
+        return [v.version for v in self.versions if v.action == "challenger"]
+
     def in_state(self, state: str) -> list[str]:
         return [b.batch_id for b in self.batches if b.state == state]
 
@@ -176,7 +180,7 @@ def _mark(
     from ratchet.cycle import ledger
     from ratchet.data import catalog
     from ratchet.ledger import BatchMark
-    from ratchet.registry import open_registry
+    from ratchet.registry import now, open_registry
 
     ws = open_workspace(workspace)
     with ws.lock():
@@ -193,7 +197,7 @@ def _mark(
             action=action,
             reason=reason,
             by=by,
-            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            at=now(),
             after_version=state.version,
             strategy=strategy,
         )
@@ -201,13 +205,85 @@ def _mark(
     return state, mark
 
 
-def rollback(workspace: Path, to: str | None = None) -> tuple[str, str]:
+def review(
+    workspace: Path, version: str, action: ReviewAction, reason: str, by: str | None = None
+) -> VersionInfo:
+    """Approve or reject a waiting challenger, or override the gate's rejection; returns the version after."""
+    from ratchet.ledger import Review
+    from ratchet.registry import now, open_registry
+
+    ws = open_workspace(workspace)
+    who = _who(by)
+    with ws.lock():
+        registry = open_registry(ws)
+        registry.review(version, Review(action, reason, who, now()))
+        return next(v for v in registry.versions() if v.version == version)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the champion history."""
+
+    at: str  # ISO time
+    what: (
+        str  # gate promote / gate reject / promoted / approve / reject / override / rollback / requeue / drop
+    )
+    by: str
+    versions: str  # "1 -> 2", or the version concerned
+    batches: str
+    reason: str
+
+
+def history(workspace: Path) -> list[Event]:
+    """Every change of @champion and every decision on a version or a batch, oldest first, rebuilt
+    from the registry's tags (the versions' and the batch marks)."""
+    from ratchet.registry import open_registry
+
+    ws = open_workspace(workspace)
+    registry = open_registry(ws)
+    registry.ensure_store()
+    events: list[Event] = []
+    for v in registry.versions():
+        parent, batches = v.tag("parent_version") or "-", ", ".join(v.tag_list("batches"))
+        failed = [r.removeprefix("FAIL: ") for r in v.reasons if r.startswith("FAIL")]
+        verdict = f"gate {v.verdict}" if v.verdict else "gate ?"
+        events.append(
+            Event(v.created, verdict, "gate", v.version, batches, "; ".join(failed) or "every check passed")
+        )
+        if v.review:
+            r = v.review
+            events.append(
+                Event(
+                    r.at,
+                    r.action,
+                    r.by,
+                    f"{parent} -> {v.version}" if r.action != "reject" else v.version,
+                    batches,
+                    r.reason,
+                )
+            )
+        if v.tag("promoted_at") and not (v.review and v.review.action != "reject"):
+            events.append(
+                Event(v.tag("promoted_at"), "promoted", "gate", f"{parent} -> {v.version}", batches, "")
+            )
+        if v.tag("restored_at"):
+            at, _, rest = v.tag("restored_at").partition(" ")
+            source = rest.strip("()").removeprefix("from version ")
+            events.append(
+                Event(at, "rollback", v.tag("restored_by") or "-", f"{source} -> {v.version}", "", "")
+            )
+    for batch, mark in registry.batch_marks().items():
+        events.append(Event(mark.at, mark.action, mark.by, mark.after_version or "-", batch, mark.reason))
+    return sorted(events, key=lambda e: e.at)
+
+
+def rollback(workspace: Path, to: str | None = None, by: str | None = None) -> tuple[str, str]:
     """Point @champion back at an earlier promoted version; returns (from, to)."""
     from ratchet.registry import open_registry
 
     ws = open_workspace(workspace)
     with ws.lock():
-        return open_registry(ws).rollback(to)
+        return open_registry(ws).rollback(to, _who(by))
 
 
 def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] | None = None) -> DataVersion:

@@ -1,4 +1,5 @@
-"""The `ratchet` command: init, ingest, retrain, status, requeue, drop, rollback, demo, reference-data.
+"""The `ratchet` command: init, ingest, retrain, status, approve, reject, override, history, requeue,
+drop, rollback, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
 means a bug: it goes to the workspace's .ratchet/ratchet.log, and --debug (or RATCHET_DEBUG=1)
@@ -137,7 +138,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         print(format_outcome(outcome))
     now = app.status(args.workspace)
     held, pending = now.in_state("held"), now.in_state("pending")
-    if outcome is None:
+    if outcome is None and now.awaiting:
+        print(
+            f"version {', '.join(now.awaiting)} awaits review: `ratchet approve VERSION --reason TEXT` "
+            "or `ratchet reject VERSION --reason TEXT`; pending batches wait for it"
+        )
+    elif outcome is None:
         print("nothing new to train on")
     if held:
         print(
@@ -221,6 +227,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for split in ("old", "new")
             )
         )
+        if v.review:
+            print(f"  {v.review.sentence()}")
         for reason in v.reasons:
             print(f"  - {reason}")
     return 0
@@ -229,8 +237,37 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    old, new = app.rollback(args.workspace, args.to)
+    old, new = app.rollback(args.workspace, args.to, args.by)
     print(f"champion rolled back from version {old} to version {new}")
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from ratchet import app
+
+    v = app.review(args.workspace, args.version, args.action, args.reason, args.by)
+    review = v.review
+    assert review is not None
+    done = "now @champion" if v.status == "champion" else f"{v.status}; its batches are held"
+    print(f"version {v.version}: {review.sentence()} ({done})")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from ratchet import app
+
+    events = app.history(args.workspace)
+    if args.json:
+        import dataclasses
+
+        print(json.dumps([dataclasses.asdict(e) for e in events], indent=1))
+        return 0
+    if not events:
+        print("no history yet: nothing has been registered")
+    for e in events:
+        batches = f"  [{e.batches}]" if e.batches else ""
+        reason = f"  {e.reason}" if e.reason else ""
+        print(f"{e.at}  {e.what:<12} {e.by:<10} {e.versions:<8}{batches}{reason}")
     return 0
 
 
@@ -333,9 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="who decides (default: the OS user)")
     p.set_defaults(func=cmd_drop)
 
+    for action, what in (
+        ("approve", "promote a @challenger awaiting review (review.approval: manual, or a dry run)"),
+        ("reject", "reject a @challenger awaiting review: its batches are held"),
+        ("override", "promote a version the gate rejected, with the reason on record"),
+    ):
+        p = sub.add_parser(action, help=what)
+        p.add_argument("version", help="the model version")
+        workspace_arg(p)
+        p.add_argument("--reason", required=True, help="why, for the record (tags, description, history)")
+        p.add_argument("--by", help="who decides (default: the OS user)")
+        p.set_defaults(func=cmd_review, action=action)
+
+    p = sub.add_parser("history", help="every change of @champion and every decision, with who, when and why")
+    workspace_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_history)
+
     p = sub.add_parser("rollback", help="point @champion back at an earlier promoted version")
     workspace_arg(p)
     p.add_argument("--to", help="version to restore (default: the champion's parent)")
+    p.add_argument("--by", help="who decides (default: the OS user)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(

@@ -306,6 +306,15 @@ class GateParams:
 
 
 @dataclass(frozen=True)
+class ReviewParams:
+    approval: Literal["auto", "manual"] = knob(
+        "auto",
+        "auto | manual: manual keeps a candidate that passes the gate as @challenger until a person runs "
+        "`ratchet approve VERSION` or `ratchet reject VERSION`; new batches wait for that",
+    )
+
+
+@dataclass(frozen=True)
 class Params:
     registry: RegistryParams = section(RegistryParams)
     data: DataParams = section(
@@ -319,6 +328,8 @@ class Params:
         GateParams,
         'Each check protects against one way a candidate or a batch can be bad; see README "The gate".',
     )
+    # not a stage's input: who decides after the gate changes no candidate, so dvc.yaml names none
+    review: ReviewParams = section(ReviewParams)
 
     def digest(self) -> str:
         """Short stable hash of every tunable: the `params_hash` lineage tag and part of a cycle's id.
@@ -326,6 +337,7 @@ class Params:
         tunables = dataclasses.asdict(self)
         for where in ("tracking_uri", "registry_uri"):
             del tunables["registry"][where]
+        del tunables["review"]  # who approves changes no candidate
         blob = json.dumps(tunables, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -90,6 +90,12 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
             "it; restore it with `dvc checkout --force data`"
         )
+    if params.review.approval == "manual":
+        waiting = [v.version for v in registry.versions() if v.action == "challenger"]
+        if waiting:
+            # one candidate under review at a time: the next trains from the champion it decides
+            print(f"version {', '.join(waiting)} awaits review: pending batches wait for the decision")
+            return None
     champion = registry.champion()
     pending = [s for s in ledger(ws, registry) if s.state == "pending"]
     if not pending:
@@ -219,11 +225,12 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
 
 
 def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool) -> Outcome:
-    """Promote (move @champion) or leave rejected; a dry run marks a passing candidate @challenger."""
+    """Promote (move @champion) or leave rejected. A passing candidate becomes @challenger instead in
+    a dry run, and with review.approval manual (where it waits for `ratchet approve` or `reject`)."""
     registry = open_registry(ws)
     promote = version.verdict == "promote"
     action: Action
-    if promote and dry_run:
+    if promote and (dry_run or ws.params().review.approval == "manual"):
         registry.mark_challenger(version.version)
         action = "challenger"
     elif promote:

@@ -19,6 +19,7 @@ from typing import Literal
 
 State = Literal["pending", "learned", "held", "dropped"]
 MarkAction = Literal["requeue", "drop"]
+ReviewAction = Literal["approve", "reject", "override"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,28 @@ class Decided:
     batches: tuple[str, ...]
     promoted: bool
     reasons: tuple[str, ...]  # the failed gate checks, when rejected
+
+
+@dataclass(frozen=True)
+class Review:
+    """A person's word on a version: approve a waiting challenger, reject it, or override the gate."""
+
+    action: ReviewAction
+    reason: str
+    by: str
+    at: str  # ISO time
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Review:
+        raw = json.loads(text)
+        return Review(action=raw["action"], reason=str(raw["reason"]), by=str(raw["by"]), at=str(raw["at"]))
+
+    def sentence(self) -> str:
+        done = {"approve": "Approved", "reject": "Rejected", "override": "Gate overridden"}[self.action]
+        return f"{done} by {self.by} at {self.at}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, cast, get_args
 
 from ratchet import faults
 from ratchet.errors import RatchetError
-from ratchet.ledger import BatchMark, Decided
+from ratchet.ledger import BatchMark, Decided, Review
 from ratchet.metrics import MODELS, SPLITS, Action, CycleMetrics, Headline, Verdict
 from ratchet.stages.inputs import code_version
 
@@ -65,6 +65,7 @@ class VersionInfo:
     aliases: tuple[str, ...]
     description: str
     run_id: str
+    created: str = ""  # ISO time the version was registered
 
     def tag(self, key: str, default: str = "") -> str:
         return self.tags.get(PREFIX + key, default)
@@ -92,7 +93,7 @@ class VersionInfo:
             return "rolled back"
         if self.tag("promoted_at"):
             return "promoted earlier"
-        if self.verdict == "reject":
+        if self.verdict == "reject" or self.action == "rejected":
             return "rejected"
         if self.verdict == "promote":
             return "awaiting approval"
@@ -101,6 +102,12 @@ class VersionInfo:
     @property
     def reasons(self) -> tuple[str, ...]:
         return tuple(r for r in self.tag("reasons").split("\n") if r)
+
+    @property
+    def review(self) -> Review | None:
+        """A person's approval, rejection or override; None when the gate's call stood alone."""
+        raw = self.tag("review")
+        return Review.from_json(raw) if raw else None
 
     @property
     def metrics(self) -> Headline:
@@ -121,6 +128,7 @@ class VersionInfo:
             "decision": self.verdict,
             "metrics": self.metrics.to_json(),
             "reasons": list(self.reasons),
+            "review": asdict(self.review) if self.review else None,
             "run_id": self.run_id,
         }
 
@@ -276,7 +284,8 @@ class Registry:
                 version=v.version,
                 batches=tuple(v.tag_list("batches")),
                 promoted=v.action == "promoted",
-                reasons=tuple(r for r in v.reasons if r.startswith("FAIL")),
+                reasons=tuple(r for r in v.reasons if r.startswith("FAIL"))
+                + ((v.review.sentence(),) if v.review and v.review.action == "reject" else ()),
             )
             for v in self.versions()
             if v.action in ("promoted", "rejected")
@@ -397,14 +406,8 @@ class Registry:
         The alias moves first and the bookkeeping (promoted_at, the outcome) follows: a process that
         dies in between leaves a champion without an outcome, which `repair` finishes.
         """
-        current = self.champion()
-        current_version = current.version if current else None
-        if current_version != version:  # equal: a crash after the alias moved; finish the bookkeeping
-            if current_version != expected_parent:
-                raise RatchetError(
-                    f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
-                    f"but the champion is now {current_version}"
-                )
+        if self._champion_version() != version:  # equal: a crash after the alias moved; finish the books
+            self._check_parent(version, expected_parent)
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
             faults.reached("retrain:alias-moved")
             # compare-and-set in effect: read back, so another writer's move is said, not overwritten
@@ -416,9 +419,21 @@ class Registry:
                 )
         self._finish_promotion(version)
 
+    def _champion_version(self) -> str | None:
+        current = self.champion()
+        return current.version if current else None
+
+    def _check_parent(self, version: str, expected_parent: str | None) -> None:
+        now = self._champion_version()
+        if now != expected_parent:
+            raise RatchetError(
+                f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
+                f"but the champion is now {now}"
+            )
+
     def _finish_promotion(self, version: str) -> None:
         if not self.client.get_model_version(self.name, version).tags.get(PREFIX + "promoted_at"):
-            self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", _now())
+            self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", now())
         self._drop_alias(CHALLENGER, version)
         self._set_outcome(version, "promoted")
 
@@ -448,6 +463,39 @@ class Registry:
     def reject(self, version: str) -> None:
         self._set_outcome(version, "rejected")
 
+    def review(self, version: str, review: Review) -> None:
+        """A person's word on a version, on record: approve or reject a waiting @challenger, or
+        override the gate's rejection. Approving and overriding promote exactly as the cycle does
+        (only while the champion is still the version's parent)."""
+        found = next((v for v in self.versions() if v.version == version), None)
+        if found is None:
+            raise RatchetError(f"no version {version} of {self.name}")
+        waiting = found.action == "challenger"
+        if review.action in ("approve", "reject") and not waiting:
+            raise RatchetError(
+                f"version {version} is {found.status}, not a challenger awaiting review: "
+                f"nothing to {review.action}"
+                + (" (`ratchet override` promotes a rejected one)" if found.action == "rejected" else "")
+            )
+        if review.action == "override" and not (found.action == "rejected" and found.verdict == "reject"):
+            raise RatchetError(
+                f"version {version} is {found.status}: only a version the gate rejected can be overridden"
+            )
+        parent = found.tag("parent_version") or None
+        if review.action != "reject" and self._champion_version() != version:
+            self._check_parent(version, parent)  # before the record: a refused promotion leaves none
+        # the record first: a process killed after it is finished by running the same command again
+        self.client.set_model_version_tag(self.name, version, PREFIX + "review", review.to_json())
+        if not found.description.startswith(review.sentence()):
+            self.client.update_model_version(
+                self.name, version, description=f"{review.sentence()}\n\n{found.description}"
+            )
+        if review.action == "reject":
+            self._drop_alias(CHALLENGER, version)
+            self._set_outcome(version, "rejected")
+        else:
+            self.promote(version, expected_parent=parent)
+
     def mark_challenger(self, version: str) -> None:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         self._set_outcome(version, "challenger")
@@ -456,7 +504,7 @@ class Registry:
         # written last: until it is there, the cycle counts as unfinished and will be resumed
         self.client.set_model_version_tag(self.name, version, PREFIX + "outcome", outcome)
 
-    def rollback(self, to_version: str | None) -> tuple[str, str]:
+    def rollback(self, to_version: str | None, by: str = "") -> tuple[str, str]:
         """Point @champion back at an earlier promoted version (default: the champion's parent)."""
         current = self.champion()
         if current is None:
@@ -472,11 +520,13 @@ class Registry:
                 f"version {target} was never promoted ({chosen.status}): not rolling back to it"
             )
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
-        stamp = _now()
+        stamp = now()
         self.client.set_model_version_tag(self.name, current.version, PREFIX + "rolled_back_at", stamp)
         self.client.set_model_version_tag(
             self.name, target, PREFIX + "restored_at", f"{stamp} (from version {current.version})"
         )
+        if by:
+            self.client.set_model_version_tag(self.name, target, PREFIX + "restored_by", by)
         return current.version, target
 
     def _drop_alias(self, alias: str, version: str) -> None:
@@ -492,11 +542,15 @@ def _info(mv: ModelVersion, aliases: Sequence[str] | None = None) -> VersionInfo
         aliases=tuple(sorted((getattr(mv, "aliases", None) or []) if aliases is None else aliases)),
         description=mv.description or "",
         run_id=mv.run_id or "",
+        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="milliseconds")
+        if mv.creation_timestamp
+        else "",
     )
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now() -> str:
+    """The time stamp of every record (milliseconds: the history orders what one second holds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def model_requirements() -> list[str]:
