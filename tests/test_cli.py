@@ -137,8 +137,7 @@ def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
     assert "epoch  12" in said and "images/s" in said and "version 1 promoted" in said
     assert "Beginning flow run" not in said and "Finished in state" not in said
     assert "Finished in state Completed" in (root / ".ratchet" / "ratchet.log").read_text()
-    assert run_ratchet("ingest", str(stream_files["digits-5-9"]), "-w", str(root)).returncode == 0
-    assert "Finished in state Completed" in retrain("--verbose")
+    assert "Finished in state Completed" in retrain("--verbose")  # nothing new: the flow still runs
 
 
 # ---- init on an existing workspace, init with the image size ---------------------------------

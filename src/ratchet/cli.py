@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,30 +102,47 @@ def _is_chatter(record: logging.LogRecord) -> bool:
     return record.levelno < logging.WARNING and f"{os.sep}prefect{os.sep}" in record.pathname
 
 
-def _prefect_output(workspace: Path | None, args: argparse.Namespace) -> None:
+@contextmanager
+def _prefect_output(workspace: Path | None, args: argparse.Namespace) -> Iterator[None]:
     """On the console, ratchet's own lines and Prefect's warnings (--verbose: all of Prefect's
-    lines; --debug: tracebacks too); in the workspace's log, everything Prefect logs. Called after
+    lines; --debug: tracebacks too); in the workspace's log, everything Prefect logs. Entered after
     Prefect has configured logging (importing it does): its console handler is the root logger's
-    stream handler."""
+    stream handler. Undone on exit, so a process that runs several commands starts each afresh."""
     root = logging.getLogger()
     debug = bool(os.environ.get("RATCHET_DEBUG"))
-    for handler in root.handlers:
-        if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
-            continue
+    console = [
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    saved = [(h, h.formatter, list(h.filters)) for h in console]
+    for handler in console:
         if not debug:
             handler.setFormatter(_NoTraceback(handler.formatter))
             handler.addFilter(lambda record: not _is_run_failure(record))
         if not args.verbose:
             handler.addFilter(lambda record: not _is_chatter(record))
+    mlflow_log = logging.getLogger("mlflow")
+    saved_level = mlflow_log.level
     if not args.verbose:  # "Created version '2' of model ...": ratchet says which version it made
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-    if workspace is None:
-        return
-    state.directory(workspace)
-    to_file = logging.FileHandler(workspace / state.LOG, encoding="utf-8")
-    to_file.setLevel(logging.INFO)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(to_file)
+        mlflow_log.setLevel(logging.WARNING)
+    to_file = None
+    if workspace is not None:
+        state.directory(workspace)
+        to_file = logging.FileHandler(workspace / state.LOG, encoding="utf-8")
+        to_file.setLevel(logging.INFO)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(to_file)
+    try:
+        yield
+    finally:
+        for handler, formatter, filters in saved:
+            handler.setFormatter(formatter)
+            handler.filters = filters
+        mlflow_log.setLevel(saved_level)
+        if to_file is not None:
+            root.removeHandler(to_file)
+            to_file.close()
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -132,8 +150,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
     from ratchet.workspace import open_workspace
 
-    _prefect_output(open_workspace(args.workspace).root, args)
-    outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
+    with _prefect_output(open_workspace(args.workspace).root, args):
+        outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     if outcome is not None:
         print(format_outcome(outcome))
     now = app.status(args.workspace)
@@ -275,9 +293,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ratchet.demo import run_demo
     from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
 
-    _prefect_output(None, args)
-
-    return run_demo(args.workspace)
+    with _prefect_output(None, args):
+        return run_demo(args.workspace)
 
 
 def cmd_reference_data(args: argparse.Namespace) -> int:
