@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,7 @@ import pytest
 from ratchet import app, state
 from ratchet.data import journal, versioning
 
-
-def ratchet(*args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return subprocess.run(
-        [sys.executable, "-m", "ratchet.cli", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+RunRatchet = Callable[..., subprocess.CompletedProcess[str]]  # the `run_ratchet` fixture
 
 
 def data_as_committed(root: Path) -> None:
@@ -30,13 +22,15 @@ def data_as_committed(root: Path) -> None:
 
 
 @pytest.mark.fault("git commit refused by a hook")
-def test_a_refused_commit_rolls_the_batch_back(tmp_path: Path, stream_files: dict[str, Path]) -> None:
+def test_a_refused_commit_rolls_the_batch_back(
+    tmp_path: Path, stream_files: dict[str, Path], run_ratchet: RunRatchet
+) -> None:
     root = tmp_path / "ws"
     app.init(root, model_name="refused")
     hook = root / ".git" / "hooks" / "pre-commit"
     hook.write_text("#!/bin/sh\necho 'commits are frozen today' >&2\nexit 1\n")
     hook.chmod(0o755)
-    done = ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
+    done = run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
     assert done.returncode == 1
     error = done.stderr.strip()
     assert "\n" not in error and "Traceback" not in done.stdout + done.stderr
@@ -46,32 +40,32 @@ def test_a_refused_commit_rolls_the_batch_back(tmp_path: Path, stream_files: dic
     assert not (root / "data.dvc").exists()  # the first batch: data.dvc never existed
     # once the hook lets it through, the same ingest records the batch
     hook.unlink()
-    assert ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root)).returncode == 0
+    assert run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root)).returncode == 0
     data_as_committed(root)
     assert len(list((root / "data" / "batches").iterdir())) == 1
 
 
 @pytest.mark.fault("DVC remote gone")
 def test_an_unreachable_remote_keeps_the_batch_committed_and_pushes_it_later(
-    tmp_path: Path, stream_files: dict[str, Path]
+    tmp_path: Path, stream_files: dict[str, Path], run_ratchet: RunRatchet
 ) -> None:
     root = tmp_path / "ws"
     app.init(root, model_name="no-remote")
     remote = root / ".dvc-storage"
     remote.rename(tmp_path / "storage-away")
     remote.write_text("a file where the remote directory was")
-    done = ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
+    done = run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
     assert done.returncode == 1
     error = done.stderr.strip()
     assert "\n" not in error and "Having any troubles" not in error
     assert "is committed but not backed up" in error and "Not a directory" in error
     intent = journal.pending(root)
     assert intent is not None and intent.committed
-    assert "committed, not pushed" in ratchet("status", "-w", str(root)).stdout
+    assert "committed, not pushed" in run_ratchet("status", "-w", str(root)).stdout
     # the remote comes back: the next ingest pushes the batch first
     remote.unlink()
     (tmp_path / "storage-away").rename(remote)
-    again = ratchet("ingest", str(stream_files["digits-5-9"]), "-w", str(root))
+    again = run_ratchet("ingest", str(stream_files["digits-5-9"]), "-w", str(root))
     assert again.returncode == 0, again.stderr
     assert f"finished the interrupted ingest of {stream_files['digits-0-4']}" in again.stdout
     data_as_committed(root)
@@ -103,10 +97,10 @@ def trained(tmp_path: Path, stream_files: dict[str, Path], prefect_server: str) 
 
 @pytest.mark.fault("error inside retrain")
 def test_an_error_inside_retrain_is_one_line_and_the_traceback_goes_to_the_log(
-    trained: Path, prefect_server: str
+    trained: Path, prefect_server: str, run_ratchet: RunRatchet
 ) -> None:
     (trained / "data" / "batches" / "stray.txt").write_text("not part of any batch")
-    done = ratchet("retrain", "-w", str(trained), api_url=prefect_server)
+    done = run_ratchet("retrain", "-w", str(trained), api_url=prefect_server)
     assert done.returncode == 2
     assert "Traceback" not in done.stdout + done.stderr
     errors = [ln for ln in (done.stdout + done.stderr).splitlines() if "ERROR" in ln or "error" in ln]
@@ -117,14 +111,16 @@ def test_an_error_inside_retrain_is_one_line_and_the_traceback_goes_to_the_log(
 
 @pytest.mark.fault("registry lost")
 @pytest.mark.parametrize("how", ["deleted", "emptied"])
-def test_a_lost_registry_stops_the_cycle(trained: Path, how: str, prefect_server: str) -> None:
+def test_a_lost_registry_stops_the_cycle(
+    trained: Path, how: str, prefect_server: str, run_ratchet: RunRatchet
+) -> None:
     db = trained / "mlruns" / "mlflow.db"
     if how == "deleted":
         db.unlink()
     else:
         db.write_bytes(b"")
     # a new process, as a user's next command is (this one's MLflow keeps the old file open)
-    done = ratchet("retrain", "-w", str(trained), api_url=prefect_server)
+    done = run_ratchet("retrain", "-w", str(trained), api_url=prefect_server)
     assert done.returncode == 1
     assert (
         done.stderr.strip()
@@ -132,4 +128,4 @@ def test_a_lost_registry_stops_the_cycle(trained: Path, how: str, prefect_server
         .startswith("ratchet: error: registry lost: 1 cycle(s) recorded in git, 0 versions of lost-it")
     )
     # nothing registered as a second "version 1"
-    assert "version 1" not in ratchet("status", "-w", str(trained)).stdout
+    assert "version 1" not in run_ratchet("status", "-w", str(trained)).stdout
