@@ -346,7 +346,13 @@ def test_summary_is_one_paragraph_leading_with_the_verdict(promote: bool) -> Non
     assert d.promote is promote
     text = d.summary()
     assert "\n" not in text
-    assert text.startswith("Promoted" if promote else "Rejected")
+    # what decided it comes first, before a list of versions cuts the description short
+    if promote:
+        assert text.startswith("Promoted: old 0.900 -> 0.900, new 1.000 -> 1.000; every gate check passed.")
+    else:
+        assert text.startswith(
+            f"Rejected: forgetting: {check(d, 'forgetting').removeprefix('FAIL: forgetting: ')}"
+        )
 
 
 def test_same_input_same_decision() -> None:

@@ -93,17 +93,23 @@ class Check:
 class Decision:
     promote: bool
     checks: tuple[Check, ...]
+    accuracy: str = ""  # "old 0.995 -> 0.990, new 0.412 -> 0.970": champion -> candidate, for the summary
 
     @property
     def reasons(self) -> tuple[str, ...]:
         return tuple(c.reason for c in self.checks)
 
     def summary(self) -> str:
-        """One paragraph for the registry description and the report: failed checks first."""
+        """One paragraph for the registry description and the report, led by the verdict and what
+        decided it, as a list of versions cuts it short: the first failed check of a rejection, the
+        accuracies of a promotion. The other checks follow, failed first."""
         failed = [c for c in self.checks if not c.passed]
         passed = [c for c in self.checks if c.passed]
-        head = "Promoted: every gate check passed." if self.promote else "Rejected."
-        return " ".join([head] + [f"{c.name[0].upper()}{c.name[1:]}: {c.text}." for c in failed + passed])
+        if failed:
+            head, rest = f"Rejected: {failed[0].name}: {failed[0].text}.", failed[1:] + passed
+        else:
+            head, rest = f"Promoted: {self.accuracy}; every gate check passed.", passed
+        return " ".join([head] + [f"{c.name[0].upper()}{c.name[1:]}: {c.text}." for c in rest])
 
     def numbers(self) -> dict[str, Numbers]:
         return {c.name: c.numbers for c in self.checks}
@@ -426,4 +432,18 @@ def decide(m: GateInput, gate: GateParams) -> Decision:
     else:
         checks += _forgetting(m, gate)
         checks += [_interference(m, gate), _new_classes(m, gate), _new_data(m, gate), _labels(m, gate)]
-    return Decision(promote=all(c.passed for c in checks), checks=tuple(checks))
+    return Decision(promote=all(c.passed for c in checks), checks=tuple(checks), accuracy=_accuracy(m))
+
+
+def _accuracy(m: GateInput) -> str:
+    """Each held-out split's accuracy, champion -> candidate (the candidate alone for the first model)."""
+
+    def acc(predicted: np.ndarray, labels: np.ndarray) -> str:
+        return f"{float(np.mean(predicted == labels)):.3f}"
+
+    parts = [
+        f"{name} {acc(s.champion, s.labels) + ' -> ' if m.has_champion else ''}{acc(s.candidate, s.labels)}"
+        for name, s in (("old", m.old), ("new", m.new))
+        if len(s)
+    ]
+    return ", ".join(parts) or "no held-out data"
