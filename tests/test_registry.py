@@ -72,8 +72,10 @@ def record(tmp_path: Path, cycle_id: str) -> CandidateRecord:
 
 def model_versions(uri: str, name: str) -> list[tuple[str, str]]:
     """(version, cycle id) of every version of `name`, read back with a client of our own."""
-    found = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name='{name}'")
-    return sorted((str(mv.version), mv.tags["ratchet.cycle_id"]) for mv in found)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    found = client.search_model_versions(f"name='{name}'")
+    # the cycle id is part of the record the version's run keeps
+    return sorted((str(mv.version), client.get_run(mv.run_id).data.tags["ratchet.cycle_id"]) for mv in found)
 
 
 # ---- which store ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.data.journal import Intent
     from ratchet.data.versioning import DataVersion
     from ratchet.ledger import BatchMark, BatchState, MarkAction, ReviewAction
-    from ratchet.registry import VersionInfo
+    from ratchet.registry import Event, VersionInfo
 
 
 def init(
@@ -220,61 +220,14 @@ def review(
         return next(v for v in registry.versions() if v.version == version)
 
 
-@dataclass(frozen=True)
-class Event:
-    """One line of the champion history."""
-
-    at: str  # ISO time
-    what: (
-        str  # gate promote / gate reject / promoted / approve / reject / override / rollback / requeue / drop
-    )
-    by: str
-    versions: str  # "1 -> 2", or the version concerned
-    batches: str
-    reason: str
-
-
 def history(workspace: Path) -> list[Event]:
-    """Every change of @champion and every decision on a version or a batch, oldest first, rebuilt
-    from the registry's tags (the versions' and the batch marks)."""
+    """Every change of @champion and every decision on a version or a batch, oldest first."""
+    from ratchet.registry import history as rebuild
     from ratchet.registry import open_registry
 
-    ws = open_workspace(workspace)
-    registry = open_registry(ws)
+    registry = open_registry(open_workspace(workspace))
     registry.ensure_store()
-    events: list[Event] = []
-    for v in registry.versions():
-        parent, batches = v.tag("parent_version") or "-", ", ".join(v.tag_list("batches"))
-        failed = [r.removeprefix("FAIL: ") for r in v.reasons if r.startswith("FAIL")]
-        verdict = f"gate {v.verdict}" if v.verdict else "gate ?"
-        events.append(
-            Event(v.created, verdict, "gate", v.version, batches, "; ".join(failed) or "every check passed")
-        )
-        if v.review:
-            r = v.review
-            events.append(
-                Event(
-                    r.at,
-                    r.action,
-                    r.by,
-                    f"{parent} -> {v.version}" if r.action != "reject" else v.version,
-                    batches,
-                    r.reason,
-                )
-            )
-        if v.tag("promoted_at") and not (v.review and v.review.action != "reject"):
-            events.append(
-                Event(v.tag("promoted_at"), "promoted", "gate", f"{parent} -> {v.version}", batches, "")
-            )
-        if v.tag("restored_at"):
-            at, _, rest = v.tag("restored_at").partition(" ")
-            source = rest.strip("()").removeprefix("from version ")
-            events.append(
-                Event(at, "rollback", v.tag("restored_by") or "-", f"{source} -> {v.version}", "", "")
-            )
-    for batch, mark in registry.batch_marks().items():
-        events.append(Event(mark.at, mark.action, mark.by, mark.after_version or "-", batch, mark.reason))
-    return sorted(events, key=lambda e: e.at)
+    return rebuild(registry.versions(), registry.batch_mark_history())
 
 
 def rollback(workspace: Path, to: str | None = None, by: str | None = None) -> tuple[str, str]:

@@ -202,7 +202,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from ratchet import app
-    from ratchet.report import fmt_accuracy
 
     now = app.status(args.workspace)
     champion = now.champion
@@ -233,23 +232,52 @@ def cmd_status(args: argparse.Namespace) -> int:
             requeued = s.retry_of and not s.reason  # a person's requeue (a rollback says why itself)
             retry = f" (requeued{', strategy ' + s.strategy if s.strategy else ''})" if requeued else ""
             print(f"  {s.batch_id}  {now.sources.get(s.batch_id, '')}  {s.state}{retry}  {s.reason}".rstrip())
-    for v in now.versions:
-        m = v.metrics
-        print(
-            f"\nversion {v.version}  {v.status}  parent {v.tag('parent_version') or '-'}  "
-            f"strategy {v.tag('strategy')}\n"
-            f"  batches {', '.join(v.tag_list('batches'))}  data {v.tag('data_version')}\n  "
-            + "   ".join(
-                f"{split}: champion {fmt_accuracy(m.champion.split(split))} "
-                f"candidate {fmt_accuracy(m.candidate.split(split))}"
-                for split in ("old", "new")
-            )
+    if now.versions:
+        print()
+        print_table(
+            ["version", "status", "parent", "batches", "old accuracy", "new accuracy", "verdict", "by"],
+            [
+                [
+                    v.version,
+                    v.status,
+                    v.tag("parent_version") or "-",
+                    ", ".join(v.tag_list("batches")),
+                    v.headline_pair("old"),
+                    v.headline_pair("new"),
+                    v.display()["verdict"],
+                    v.review.by if v.review else "gate",
+                ]
+                for v in now.versions
+            ],
         )
-        if v.review:
-            print(f"  {v.review.sentence()}")
-        for reason in v.reasons:
-            print(f"  - {reason}")
+        print("(accuracy on held-out data: champion -> candidate)")
+    # the whole argument for the versions a person may act on next; every version's with --reasons
+    for v in now.versions:
+        if args.reasons or v.status == "awaiting approval" or v is now.versions[-1]:
+            lineage = f"strategy {v.tag('strategy')}, data {v.tag('data_version')}"
+            print(f"\nversion {v.version} ({v.status}, {lineage})")
+            if v.review:
+                print(f"  {v.review.sentence()}")
+            for reason in v.reasons:
+                print(f"  - {reason}")
     return 0
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Columns as wide as their widest cell; when the terminal is narrower, the widest columns are cut
+    (ending in ~), so that each version stays on one line."""
+    import shutil
+
+    widths = [max(len(c) for c in col) for col in zip(headers, *rows, strict=True)]
+    room = shutil.get_terminal_size((120, 24)).columns - 2 * (len(widths) - 1)
+    while sum(widths) > room and max(widths) > 8:
+        widths[widths.index(max(widths))] -= 1
+
+    def cut(cell: str, width: int) -> str:
+        return cell if len(cell) <= width else cell[: width - 1] + "~"
+
+    for row in [headers, *rows]:
+        print("  ".join(cut(c, w).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -370,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the champion and every version with lineage, metrics and reasons")
     workspace_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--reasons", action="store_true", help="every version's gate reasons, not only the latest")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("requeue", help="try a held (or dropped) batch again in the next cycle")

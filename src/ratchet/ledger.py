@@ -82,6 +82,33 @@ class Review:
 
 
 @dataclass(frozen=True)
+class Restoration:
+    """A rollback that made this version champion again; a version keeps one per rollback to it."""
+
+    at: str  # ISO time
+    from_version: str
+    by: str
+
+    @staticmethod
+    def list_from_json(text: str) -> list[Restoration]:
+        return [Restoration(str(r["at"]), str(r["from_version"]), str(r["by"])) for r in json.loads(text)]
+
+    @staticmethod
+    def list_to_json(items: Iterable[Restoration]) -> str:
+        return json.dumps([asdict(r) for r in items], sort_keys=True)
+
+
+def marks_from_json(text: str) -> list[BatchMark]:
+    """A batch's marks, oldest first (one mark alone: how they were kept before there could be more)."""
+    raw = json.loads(text)
+    return [BatchMark.from_json(json.dumps(r)) for r in (raw if isinstance(raw, list) else [raw])]
+
+
+def marks_to_json(marks: Iterable[BatchMark]) -> str:
+    return json.dumps([asdict(m) for m in marks], sort_keys=True)
+
+
+@dataclass(frozen=True)
 class BatchState:
     batch_id: str
     state: State

@@ -1,8 +1,12 @@
 """The only door to MLflow: runs, registered versions, lineage tags, aliases, promotion, rollback.
 
 Conventions: one registered model per workspace; alias `champion` serves, alias `challenger` marks a
-candidate that passed the gate but waits for approval (dry runs). Every version carries `ratchet.*`
-tags with its lineage, metrics and decision, and a one-paragraph description a reviewer reads in the UI.
+candidate that passed the gate but waits for approval (dry runs, manual approval). The record of a
+version lives in the `ratchet.*` tags of the run that made it: lineage, metrics, the gate's reasons,
+and what was done since (outcome, review, promotion, rollbacks). The version itself carries what a
+reviewer reads in the UI: six plain tags (`DISPLAY`) rewritten from that record whenever it changes,
+and a description led by the verdict and the reason that decided it. The registered model's
+description lists every change of the champion.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from typing import TYPE_CHECKING, cast, get_args
 
 from ratchet import faults
 from ratchet.errors import RatchetError
-from ratchet.ledger import BatchMark, Decided, Review
-from ratchet.metrics import MODELS, SPLITS, Action, CycleMetrics, Headline, Verdict
+from ratchet.ledger import BatchMark, Decided, Restoration, Review, marks_from_json, marks_to_json
+from ratchet.metrics import MODELS, SPLITS, Action, CycleMetrics, Headline, Split, Verdict
 from ratchet.stages.inputs import code_version
 
 PREFIX = "ratchet."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
-BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: the latest requeue or drop, as JSON
+BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: its requeues and drops, a JSON list
+# the version tags a reviewer reads in the versions table; everything else is on the run
+DISPLAY = ("verdict", "parent", "strategy", "data", "old accuracy", "new accuracy")
+MODEL_DESCRIPTION = "Managed by ratchet: the champion only moves forward."
 # What a registered version runs when it is loaded and asked to predict, so that it loads where ratchet
 # is not installed: these ratchet modules (paths under the package) travel inside the model as its
 # code, copied from the ratchet that trained it; these packages, pinned, are its pip requirements.
@@ -102,6 +109,47 @@ class VersionInfo:
     @property
     def reasons(self) -> tuple[str, ...]:
         return tuple(r for r in self.tag("reasons").split("\n") if r)
+
+    @property
+    def restorations(self) -> list[Restoration]:
+        """Every rollback that made this version champion again, oldest first."""
+        if raw := self.tag("restorations"):
+            return Restoration.list_from_json(raw)
+        if old := self.tag("restored_at"):  # one restoration, as it was kept before there could be more
+            at, _, rest = old.partition(" ")
+            return [Restoration(at, rest.strip("()").removeprefix("from version "), self.tag("restored_by"))]
+        return []
+
+    def display(self) -> dict[str, str]:
+        """The version tags a reviewer reads in the versions table (`DISPLAY`), from the record."""
+        failed = [r.split(": ")[1] for r in self.reasons if r.startswith("FAIL")]
+        review = self.review
+        if CHAMPION not in self.aliases and self.tag("rolled_back_at"):
+            verdict = "rolled back"
+        elif review is not None:
+            verdict = {"approve": "approved", "reject": "rejected", "override": "overridden"}[review.action]
+            verdict += f" by {review.by}"
+        elif self.action == "rejected" or self.verdict == "reject":
+            verdict = f"rejected: {', '.join(failed)}" if failed else "rejected"
+        else:
+            verdict = {"promoted": "promoted", "challenger": "awaiting approval"}.get(self.action or "", "?")
+        commit = self.tag("data_version").partition(":")[0]
+        return {
+            "verdict": verdict,
+            "parent": self.tag("parent_version") or "none",
+            "strategy": self.tag("strategy"),
+            "data": f"+{', '.join(self.tag_list('batches'))} @ {commit[:8]}",
+            "old accuracy": self.headline_pair("old"),
+            "new accuracy": self.headline_pair("new"),
+        }
+
+    def headline_pair(self, split: Split) -> str:
+        """'0.995 -> 0.938': champion -> candidate on one split; the candidate alone without a champion."""
+        m = self.metrics
+        champion, candidate = m.champion.split(split), m.candidate.split(split)
+        if candidate is None:
+            return "-"
+        return f"{champion:.3f} -> {candidate:.3f}" if champion is not None else f"{candidate:.3f}"
 
     @property
     def review(self) -> Review | None:
@@ -210,9 +258,7 @@ class Registry:
             else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
         )
         if not self.client.search_registered_models(f"name='{self.name}'"):
-            self.client.create_registered_model(
-                self.name, description="Managed by ratchet: the champion only moves forward."
-            )
+            self.client.create_registered_model(self.name, description=MODEL_DESCRIPTION)
         return str(exp_id)
 
     # ---- reading -------------------------------------------------------------------------------
@@ -225,8 +271,19 @@ class Registry:
         alias_map: dict[str, list[str]] = {}
         for alias, version in self._aliases().items():
             alias_map.setdefault(version, []).append(alias)
-        infos = [_info(mv, alias_map.get(str(mv.version), [])) for mv in found]
+        records = self._run_records()
+        infos = [
+            self._info(mv, alias_map.get(str(mv.version), []), records.get(mv.run_id or "")) for mv in found
+        ]
         return sorted(infos, key=lambda i: int(i.version))
+
+    def version(self, version: str) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self.client.get_model_version(self.name, version))
+        except MlflowException as exc:
+            raise RatchetError(f"no version {version} of {self.name}") from exc
 
     def champion(self) -> VersionInfo | None:
         """The version @champion points at; None while there is none (or no registered model yet)."""
@@ -248,21 +305,50 @@ class Registry:
             if code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and CHAMPION not in self._aliases():
                 return None
             raise
-        return _info(mv)
+        return self._info(mv)
 
     def find_cycle(self, cycle_id: str) -> VersionInfo | None:
         """The version a cycle registered (the lowest, should there be several); None if none did."""
-        quote = next((q for q in ("'", '"') if q not in cycle_id), None)
-        if quote is None:  # no quoting can express it in a filter: look through every version
-            return next((v for v in self.versions() if v.tag("cycle_id") == cycle_id), None)
-        found = self.client.search_model_versions(
-            f"name='{self.name}' AND tags.`{PREFIX}cycle_id` = {quote}{cycle_id}{quote}"
-        )
+        runs = {
+            run_id
+            for run_id, tags in self._run_records().items()
+            if tags.get(PREFIX + "cycle_id") == cycle_id
+        }
+        found = [mv for mv in self.client.search_model_versions(f"name='{self.name}'") if mv.run_id in runs]
         if not found:
             return None
         first = min(found, key=lambda mv: int(mv.version))
         # search results carry no aliases in every store: the version itself does
-        return _info(self.client.get_model_version(self.name, str(first.version)))
+        return self._info(self.client.get_model_version(self.name, str(first.version)))
+
+    def _run_records(self) -> dict[str, dict[str, str]]:
+        """The `ratchet.*` tags of every run in the experiment, by run id: one query for all versions."""
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return {}
+        runs = self.client.search_runs([exp.experiment_id], max_results=50_000)
+        return {run.info.run_id: _record_tags(run.data.tags) for run in runs}
+
+    def _info(
+        self, mv: ModelVersion, aliases: Sequence[str] | None = None, record: dict[str, str] | None = None
+    ) -> VersionInfo:
+        """A registry ModelVersion as a VersionInfo: its tags merged with its run's record, which wins
+        (a version registered before the record moved to the run keeps it in its own tags)."""
+        from mlflow.exceptions import MlflowException
+
+        if record is None and mv.run_id:
+            try:
+                record = _record_tags(self.client.get_run(mv.run_id).data.tags)
+            except MlflowException:  # the run was deleted: what the version carries is all there is
+                record = {}
+        return VersionInfo(
+            version=str(mv.version),
+            tags=dict(mv.tags or {}) | (record or {}),
+            aliases=tuple(sorted((getattr(mv, "aliases", None) or []) if aliases is None else aliases)),
+            description=mv.description or "",
+            run_id=mv.run_id or "",
+            created=_iso(mv.creation_timestamp) if mv.creation_timestamp else "",
+        )
 
     def created_at(self) -> float | None:
         """When the registered model was created (unix seconds); None if it does not exist."""
@@ -293,15 +379,21 @@ class Registry:
 
     def batch_marks(self) -> dict[str, BatchMark]:
         """The latest requeue or drop of each batch that has one."""
+        return {batch: marks[-1] for batch, marks in self.batch_mark_history().items()}
+
+    def batch_mark_history(self) -> dict[str, list[BatchMark]]:
+        """Every requeue and drop of each batch that has one, oldest first."""
         model = self.client.get_registered_model(self.name)
         return {
-            key.removeprefix(BATCH_MARK): BatchMark.from_json(value)
+            key.removeprefix(BATCH_MARK): marks_from_json(value)
             for key, value in (model.tags or {}).items()
             if key.startswith(BATCH_MARK)
         }
 
     def mark_batch(self, batch_id: str, mark: BatchMark) -> None:
-        self.client.set_registered_model_tag(self.name, BATCH_MARK + batch_id, mark.to_json())
+        # appended, never replaced: a batch requeued twice keeps both
+        marks = [*self.batch_mark_history().get(batch_id, []), mark]
+        self.client.set_registered_model_tag(self.name, BATCH_MARK + batch_id, marks_to_json(marks))
 
     def download_checkpoint(self, version: str, dst: Path) -> Path:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
@@ -320,16 +412,17 @@ class Registry:
     # ---- writing -------------------------------------------------------------------------------
 
     def log_candidate(self, rec: CandidateRecord) -> VersionInfo:
-        """One run (params, per-epoch metrics, evaluation, report) and one registered version with tags."""
+        """One run (params, per-epoch metrics, evaluation, report, the record as tags) and one
+        registered version with the display tags and the decision's summary as its description."""
         import mlflow
 
         self._use_globally()
         exp_id = self.ensure_store()
-        tags = self._version_tags(rec)
+        tags = self._record(rec)
         headline = rec.metrics.headline()
         with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
             faults.reached("retrain:run-started")
-            mlflow.set_tags({k: v for k, v in tags.items() if not k.startswith(PREFIX + "metrics.")})
+            mlflow.set_tags(tags)
             mlflow.log_params({**rec.params, "strategy": rec.strategy, "batches": ",".join(rec.new_batches)})
             for epoch in rec.history:
                 step = int(epoch["epoch"])
@@ -360,10 +453,11 @@ class Registry:
             faults.reached("retrain:model-logged")
             run_id = run.info.run_id
         faults.reached("retrain:run-ended")
-        mv = mlflow.register_model(info.model_uri, self.name, tags=tags)
+        display = VersionInfo("", tags, (), "", run_id).display()
+        mv = mlflow.register_model(info.model_uri, self.name, tags=display)
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
         faults.reached("retrain:registered")
-        return VersionInfo(str(mv.version), tags, (), rec.summary, run_id)
+        return VersionInfo(str(mv.version), display | tags, (), rec.summary, run_id)
 
     def _log_model(self, rec: CandidateRecord) -> ModelInfo:
         import mlflow.pyfunc
@@ -381,7 +475,8 @@ class Registry:
             )
         return info
 
-    def _version_tags(self, rec: CandidateRecord) -> dict[str, str]:
+    def _record(self, rec: CandidateRecord) -> dict[str, str]:
+        """The run's `ratchet.*` tags: the lineage, headline metrics and the gate's call."""
         code = code_version()
         tags = {
             "cycle_id": rec.cycle_id,
@@ -432,8 +527,8 @@ class Registry:
             )
 
     def _finish_promotion(self, version: str) -> None:
-        if not self.client.get_model_version(self.name, version).tags.get(PREFIX + "promoted_at"):
-            self.client.set_model_version_tag(self.name, version, PREFIX + "promoted_at", now())
+        if not self.version(version).tag("promoted_at"):
+            self._write(version, "promoted_at", now())
         self._drop_alias(CHALLENGER, version)
         self._set_outcome(version, "promoted")
 
@@ -450,6 +545,8 @@ class Registry:
             done.append(
                 f"version {champion.version}: @champion had moved, the promotion's records are finished"
             )
+        for v in self.versions():  # what the UI shows, should a process have died before rewriting it
+            self._show(v)
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
             for run in self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
@@ -467,9 +564,7 @@ class Registry:
         """A person's word on a version, on record: approve or reject a waiting @challenger, or
         override the gate's rejection. Approving and overriding promote exactly as the cycle does
         (only while the champion is still the version's parent)."""
-        found = next((v for v in self.versions() if v.version == version), None)
-        if found is None:
-            raise RatchetError(f"no version {version} of {self.name}")
+        found = self.version(version)
         waiting = found.action == "challenger"
         if review.action in ("approve", "reject") and not waiting:
             raise RatchetError(
@@ -485,7 +580,7 @@ class Registry:
         if review.action != "reject" and self._champion_version() != version:
             self._check_parent(version, parent)  # before the record: a refused promotion leaves none
         # the record first: a process killed after it is finished by running the same command again
-        self.client.set_model_version_tag(self.name, version, PREFIX + "review", review.to_json())
+        self._write(version, "review", review.to_json())
         if not found.description.startswith(review.sentence()):
             self.client.update_model_version(
                 self.name, version, description=f"{review.sentence()}\n\n{found.description}"
@@ -502,7 +597,43 @@ class Registry:
 
     def _set_outcome(self, version: str, outcome: Action) -> None:
         # written last: until it is there, the cycle counts as unfinished and will be resumed
-        self.client.set_model_version_tag(self.name, version, PREFIX + "outcome", outcome)
+        self._write(version, "outcome", outcome)
+        self._show(self.version(version))
+        if outcome == "promoted":
+            self._describe_model()
+
+    def _write(self, version: str, key: str, value: str) -> None:
+        """One entry of a version's record: a `ratchet.*` tag of the run that made it."""
+        run_id = self.client.get_model_version(self.name, version).run_id
+        if not run_id:
+            raise RatchetError(f"version {version} of {self.name} has no run to keep its record")
+        self.client.set_tag(run_id, PREFIX + key, value)
+
+    def _show(self, v: VersionInfo) -> None:
+        """Rewrite the version's display tags from its record, where they differ."""
+        for key, value in v.display().items():
+            if v.tags.get(key) != value:
+                self.client.set_model_version_tag(self.name, v.version, key, value)
+
+    def _describe_model(self) -> None:
+        """The registered model's description: every change of the champion, newest first."""
+        changes = [e for e in history(self.versions(), {}) if e.what in CHAMPION_CHANGES]
+        rows = [
+            f"| {e.at[:19].replace('T', ' ')} | {e.what} | {e.by} | {e.versions} | {e.reason} |"
+            for e in changes
+        ]
+        text = "\n".join(
+            [
+                MODEL_DESCRIPTION,
+                "",
+                "Champion history, newest first:",
+                "",
+                "| when (UTC) | what | by | versions | reason |",
+                "|---|---|---|---|---|",
+            ]
+            + rows[::-1]
+        )
+        self.client.update_registered_model(self.name, description=text)
 
     def rollback(self, to_version: str | None, by: str = "") -> tuple[str, str]:
         """Point @champion back at an earlier promoted version (default: the champion's parent)."""
@@ -512,21 +643,20 @@ class Registry:
         target = to_version or current.tag("parent_version")
         if not target:
             raise RatchetError(f"version {current.version} is the first champion: there is nothing before it")
-        chosen = next((v for v in self.versions() if v.version == target), None)
-        if chosen is None:
-            raise RatchetError(f"no version {target} in {self.name}")
+        chosen = self.version(target)
         if not chosen.tag("promoted_at"):
             raise RatchetError(
                 f"version {target} was never promoted ({chosen.status}): not rolling back to it"
             )
         self.client.set_registered_model_alias(self.name, CHAMPION, target)
         stamp = now()
-        self.client.set_model_version_tag(self.name, current.version, PREFIX + "rolled_back_at", stamp)
-        self.client.set_model_version_tag(
-            self.name, target, PREFIX + "restored_at", f"{stamp} (from version {current.version})"
-        )
-        if by:
-            self.client.set_model_version_tag(self.name, target, PREFIX + "restored_by", by)
+        self._write(current.version, "rolled_back_at", stamp)
+        # appended, never replaced: a version restored twice keeps both
+        restored = [*chosen.restorations, Restoration(stamp, current.version, by or "-")]
+        self._write(target, "restorations", Restoration.list_to_json(restored))
+        for v in (current.version, target):
+            self._show(self.version(v))
+        self._describe_model()
         return current.version, target
 
     def _drop_alias(self, alias: str, version: str) -> None:
@@ -534,18 +664,55 @@ class Registry:
             self.client.delete_registered_model_alias(self.name, alias)
 
 
-def _info(mv: ModelVersion, aliases: Sequence[str] | None = None) -> VersionInfo:
-    """A registry ModelVersion as a VersionInfo; `aliases` when the caller knows them better."""
-    return VersionInfo(
-        version=str(mv.version),
-        tags=dict(mv.tags or {}),
-        aliases=tuple(sorted((getattr(mv, "aliases", None) or []) if aliases is None else aliases)),
-        description=mv.description or "",
-        run_id=mv.run_id or "",
-        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="milliseconds")
-        if mv.creation_timestamp
-        else "",
+@dataclass(frozen=True)
+class Event:
+    """One line of the champion history."""
+
+    at: str  # ISO time
+    what: (
+        str  # gate promote / gate reject / promoted / approve / reject / override / rollback / requeue / drop
     )
+    by: str
+    versions: str  # "1 -> 2", or the version concerned
+    batches: str
+    reason: str
+
+
+CHAMPION_CHANGES = ("promoted", "approve", "override", "rollback")  # the events that move @champion
+
+
+def history(versions: Sequence[VersionInfo], marks: dict[str, list[BatchMark]]) -> list[Event]:
+    """Every change of @champion and every decision on a version or a batch, oldest first, rebuilt
+    from the versions' records and the batches' marks."""
+    events: list[Event] = []
+    for v in versions:
+        parent, batches = v.tag("parent_version") or "-", ", ".join(v.tag_list("batches"))
+        failed = [r.removeprefix("FAIL: ") for r in v.reasons if r.startswith("FAIL")]
+        verdict = f"gate {v.verdict}" if v.verdict else "gate ?"
+        events.append(
+            Event(v.created, verdict, "gate", v.version, batches, "; ".join(failed) or "every check passed")
+        )
+        if r := v.review:
+            moved = f"{parent} -> {v.version}" if r.action != "reject" else v.version
+            events.append(Event(r.at, r.action, r.by, moved, batches, r.reason))
+        if v.tag("promoted_at") and not (v.review and v.review.action != "reject"):
+            events.append(
+                Event(v.tag("promoted_at"), "promoted", "gate", f"{parent} -> {v.version}", batches, "")
+            )
+        for back in v.restorations:
+            events.append(Event(back.at, "rollback", back.by, f"{back.from_version} -> {v.version}", "", ""))
+    for batch, batch_marks in marks.items():
+        for mark in batch_marks:
+            events.append(Event(mark.at, mark.action, mark.by, mark.after_version or "-", batch, mark.reason))
+    return sorted(events, key=lambda e: e.at)
+
+
+def _record_tags(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k.startswith(PREFIX)}
+
+
+def _iso(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def now() -> str:
