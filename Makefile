@@ -15,7 +15,8 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)  ## the embedded digits stream through the real cycle, in a throwaway workspace
 	$(BIN)/ratchet demo
 
-test: $(STAMP)  ## the whole test suite (what CI runs)
+test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test
+	@sh .ci/chromium
 	$(BIN)/python -m pytest -q
 
 data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, offline
