@@ -10,11 +10,14 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment
 
 from ratchet import cycle as cyc
 from ratchet.registry import VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle
 from ratchet.workspace import Workspace, open_workspace
+
+from . import review
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -55,8 +58,19 @@ def apply_task(
 
 
 @flow(name="ratchet-retrain", log_prints=True)
-def retrain(workspace: str = ".", dry_run: bool = False, strategy: str | None = None) -> cyc.Outcome | None:
-    """Plan, train, evaluate, record and apply one cycle; returns the outcome, or None with nothing new."""
+def retrain(
+    workspace: str = ".",
+    dry_run: bool = False,
+    strategy: str | None = None,
+    wait_for_review: bool | None = None,
+) -> cyc.Outcome | None:
+    """Plan, train, evaluate, record and apply one cycle; returns the outcome, or None with nothing new.
+
+    Under review.approval manual, a run that leaves a version for a person (a challenger, or a gate
+    rejection to override) then pauses up to review.wait_minutes for the answer in the Prefect UI:
+    `wait_for_review` True or False says whether, None pauses deployment runs only (a scheduled run
+    has nobody at a terminal; `ratchet retrain` has, and never pauses).
+    """
     ws = open_workspace(Path(workspace))
     with ws.lock():
         cycle = plan_task(ws, strategy)
@@ -72,6 +86,12 @@ def retrain(workspace: str = ".", dry_run: bool = False, strategy: str | None = 
             evaluate_task(ws)
             version = record_task(ws, cycle)
         outcome = apply_task(ws, cycle, version, dry_run, resumed)
+    # after the lock: while the run waits, `ratchet approve` and every other command can run
+    params = ws.params().review
+    if wait_for_review is None:
+        wait_for_review = deployment.get_id() is not None
+    if wait_for_review and review.should_ask(outcome, params.approval, dry_run):
+        review.ask(ws.root, outcome, params.wait_minutes)
     return outcome
 
 

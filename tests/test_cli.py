@@ -188,6 +188,7 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         "min_accuracy",
         "review",
         "approval",
+        "wait_minutes",
     ]
     params = init_workspace(root)[0].params()
     assert params.train.num_epochs == 3 and params.train.seed == 0 and params.gate.min_accuracy == 0.6

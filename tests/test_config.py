@@ -16,6 +16,7 @@ from ratchet.config import (
     GateParams,
     Params,
     RegistryParams,
+    ReviewParams,
     TrainParams,
     complete_params,
     load_params,
@@ -414,6 +415,7 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "max_label_gap_pt",
         "review",
         "approval",
+        "wait_minutes",
     ]
     it = iter(new_lines)
     assert all(line in it for line in old_lines)  # every old line kept, in order
@@ -474,4 +476,5 @@ def test_the_digest_covers_tunables_not_where_the_stores_are() -> None:
         base, registry=dataclasses.replace(base.registry, tracking_uri="http://127.0.0.1:5000")
     )
     tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.01))
-    assert moved.digest() == base.digest() != tuned.digest()
+    reviewed = dataclasses.replace(base, review=ReviewParams(approval="manual", wait_minutes=5.0))
+    assert moved.digest() == base.digest() == reviewed.digest() != tuned.digest()

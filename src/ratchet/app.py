@@ -91,7 +91,10 @@ def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None)
     open_workspace(workspace).params()
     if strategy is not None:
         strategies.check(strategy)
-    outcome: Outcome | None = flow(workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy)
+    # a person at a terminal answers with `ratchet approve`: the command never pauses for the Prefect UI
+    outcome: Outcome | None = flow(
+        workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy, wait_for_review=False
+    )
     return outcome
 
 

@@ -312,6 +312,13 @@ class ReviewParams:
         "auto | manual: manual keeps a candidate that passes the gate as @challenger until a person runs "
         "`ratchet approve VERSION` or `ratchet reject VERSION`; new batches wait for that",
     )
+    wait_minutes: float = knob(
+        60.0,
+        "manual: a deployment run of the retrain flow that leaves a version for a person pauses this "
+        "long for the answer in the Prefect UI; unanswered, the version waits for the command line",
+        check=_positive,
+        why=POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
