@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from ratchet.evaluate import ModelMetrics, argmax_among, held_out, model_metrics, predict, split_metrics
+from ratchet.evaluate import (
+    ModelMetrics,
+    argmax_among,
+    confusion,
+    held_out,
+    model_metrics,
+    per_batch_accuracy,
+    predict,
+    split_metrics,
+)
+from ratchet.metrics import Confusion, CycleMetrics
+from ratchet.stages._common import load_arrays, load_batch_ids, save_arrays
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import ModelSpec
@@ -126,3 +140,78 @@ def test_held_out_pairs_champion_and_candidate_sample_by_sample() -> None:
     first = held_out(checkpoint(), None, images, np.array(["a", "b", "c", "a"]))
     assert first.champion.tolist() == [""] * 4 and first.candidate_known.tolist() == [""] * 4
     assert first.candidate_among_new.tolist() == first.candidate.tolist()
+
+
+def test_accuracy_per_batch_scores_each_batch_on_its_own_samples() -> None:
+    # given old samples of batch b1 (1 of 2 right) and new ones of b2 (2 of 3 right) and b3 (1 of 1)
+    old = (np.array(["a", "b"]), np.array(["a", "a"]))
+    new = (np.array(["c", "c", "b", "a"]), np.array(["c", "a", "b", "a"]))
+    batches = np.array(["b1", "b1", "b2", "b2", "b2", "b3"])
+    m = model_metrics(old, new, batches)
+    # then each batch has its own accuracy, in the order the batches come
+    assert list(m.per_batch) == ["b1", "b2", "b3"]
+    assert m.per_batch == pytest.approx({"b1": 0.5, "b2": 2 / 3, "b3": 1.0})
+    # and without batch ids there is none
+    assert model_metrics(old, new).per_batch == {}
+    assert per_batch_accuracy(np.array([], dtype=str), np.array([], dtype=str), np.array([], dtype=str)) == {}
+
+
+def test_confusion_counts_true_rows_against_predicted_columns_in_the_models_class_order() -> None:
+    # given truths a, a, b, c, z and predictions a, b, b, a, c from a model knowing c, a, b
+    labels = np.array(["a", "a", "b", "c", "z"])
+    predicted = np.array(["a", "b", "b", "a", "c"])
+    m = confusion(labels, predicted, ("c", "a", "b"))
+    # then rows and columns follow the model's classes, and "z", unknown to it, gets a row at the end
+    assert m.classes == ("c", "a", "b", "z")
+    assert m.counts == ((0, 1, 0, 0), (0, 1, 1, 0), (0, 0, 1, 0), (1, 0, 0, 0))
+    assert sum(map(sum, m.counts)) == len(labels)
+
+
+def half() -> ModelMetrics:
+    return model_metrics((np.array(["a"]), np.array(["a"])), (np.array(["b"]), np.array(["a"])))
+
+
+def test_cycle_metrics_round_trip_through_json_with_batches_and_confusion() -> None:
+    cand = model_metrics(
+        (np.array(["a"]), np.array(["a"])), (np.array(["b"]), np.array(["a"])), np.array(["b1", "b2"])
+    )
+    metrics = CycleMetrics(
+        candidate=cand,
+        champion=half(),
+        gate={},
+        confusion=Confusion(classes=("a", "b"), counts=((1, 0), (1, 0))),
+    )
+    raw = json.loads(json.dumps(metrics.to_json(), sort_keys=True))
+    assert raw["candidate"]["per_batch"] == {"b1": 1.0, "b2": 0.0}
+    assert raw["champion"]["per_batch"] == {}
+    assert raw["confusion"] == {"classes": ["a", "b"], "counts": [[1, 0], [1, 0]]}
+    assert CycleMetrics.from_json(raw) == metrics
+
+
+def test_a_metrics_json_from_before_batches_and_confusion_reads_back_empty() -> None:
+    # given a metrics.json written before accuracy per batch and the confusion matrix were recorded
+    split = {"accuracy": 0.5, "n": 2, "correct": 1, "per_class": {"a": 1.0, "b": 0.0}}
+    old = {
+        "candidate": {"old": None, "new": split, "all": split},
+        "champion": {"old": split, "new": split, "all": split},
+        "gate": {"floor": {"accuracy": 0.5, "n": 2}},
+    }
+    metrics = CycleMetrics.from_json(old)
+    # then it reads, with both left empty
+    assert metrics.candidate.per_batch == {} and metrics.champion is not None
+    assert metrics.champion.per_batch == {}
+    assert metrics.confusion == Confusion()
+    assert metrics.headline().candidate.new == 0.5
+
+
+def test_prepared_arrays_keep_each_samples_batch_and_older_files_still_load(tmp_path: Path) -> None:
+    images = np.zeros((3, 2, 2, 1), dtype=np.uint8)
+    save_arrays(tmp_path / "new.npz", images, np.array(["a", "b", "a"]), np.array(["b1", "b1", "b2"]))
+    _, labels = load_arrays(tmp_path / "new.npz")
+    assert labels.tolist() == ["a", "b", "a"]
+    ids = load_batch_ids(tmp_path / "new.npz")
+    assert ids is not None and ids.tolist() == ["b1", "b1", "b2"]
+    # a file written before batch ids were recorded loads as before, with no ids
+    np.savez(tmp_path / "old.npz", images=images, labels=np.array(["a", "b", "a"]))
+    assert load_arrays(tmp_path / "old.npz")[1].tolist() == ["a", "b", "a"]
+    assert load_batch_ids(tmp_path / "old.npz") is None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ratchet.gate import HeldOut
-from ratchet.metrics import ModelMetrics, SplitMetrics
+from ratchet.metrics import Confusion, ModelMetrics, SplitMetrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.model import label_indices, preprocess
 
@@ -84,9 +84,40 @@ def split_metrics(checkpoint: Checkpoint, images: np.ndarray, labels: np.ndarray
 Labelled = tuple[np.ndarray, np.ndarray]  # (true class names, predicted class names)
 
 
-def model_metrics(old: Labelled, new: Labelled) -> ModelMetrics:
-    """Old/new/all accuracy of one model from its predictions; no old samples gives `old=None`."""
+def per_batch_accuracy(labels: np.ndarray, predicted: np.ndarray, batches: np.ndarray) -> dict[str, float]:
+    """Accuracy on each batch's samples, batch id -> accuracy, in order of first appearance."""
+    hits = predicted == labels.astype(np.str_)
+    ids = batches.astype(np.str_)
+    order = dict.fromkeys(ids.tolist())
+    return {str(batch): float(hits[ids == batch].mean()) for batch in order}
+
+
+def model_metrics(old: Labelled, new: Labelled, batches: np.ndarray | None = None) -> ModelMetrics:
+    """Old/new/all accuracy of one model from its predictions; no old samples gives `old=None`.
+
+    `batches` names the batch of each sample, old samples first (as `all` orders them); without it
+    there is no accuracy per batch.
+    """
     every = (np.concatenate([old[0], new[0]]), np.concatenate([old[1], new[1]]))
     return ModelMetrics(
-        old=accuracy_of(*old) if len(old[0]) else None, new=accuracy_of(*new), all=accuracy_of(*every)
+        old=accuracy_of(*old) if len(old[0]) else None,
+        new=accuracy_of(*new),
+        all=accuracy_of(*every),
+        per_batch=per_batch_accuracy(*every, batches) if batches is not None else {},
     )
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, classes: tuple[str, ...]) -> Confusion:
+    """Counts of each (true, predicted) pair over `classes`, then any true class `classes` lacks.
+
+    A true class the model lacks still gets its row (all misses), so each row sums to that class's
+    samples whenever every prediction is one of `classes`, as a model's own predictions are.
+    """
+    names = labels.astype(np.str_)
+    order = classes + tuple(sorted(set(names.tolist()) - set(classes)))
+    index = {name: i for i, name in enumerate(order)}
+    counts = np.zeros((len(order), len(order)), dtype=np.int64)
+    for truth, guess in zip(names.tolist(), predicted.astype(np.str_).tolist(), strict=True):
+        if guess in index:
+            counts[index[truth], index[guess]] += 1
+    return Confusion(classes=order, counts=tuple(tuple(int(n) for n in row) for row in counts))

@@ -2,13 +2,14 @@
 
 `CycleMetrics` is what the evaluate stage writes (metrics.json); `Headline` is the part every
 version carries as tags and every outcome reports: each model's accuracy on old, new and all data.
+Fields added after the first metrics.json files were written read back empty from those files.
 Plain dataclasses and JSON: no torch, so `ratchet status` reads them cheaply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal, cast
 
 # The verdict vocabulary, one word per meaning: the gate's call on a candidate, and what was done
@@ -46,6 +47,9 @@ class ModelMetrics:
     old: SplitMetrics | None  # None when there is no old data yet (the first cycle)
     new: SplitMetrics
     all: SplitMetrics
+    # accuracy on each batch's held-out set, batch id -> accuracy, old batches first; empty where
+    # the batch of each sample was not recorded
+    per_batch: dict[str, float] = field(default_factory=dict)
 
     def split(self, name: Split) -> SplitMetrics | None:
         return {"old": self.old, "new": self.new, "all": self.all}[name]
@@ -64,7 +68,29 @@ class ModelMetrics:
 
         new, every = part("new"), part("all")
         assert new is not None and every is not None
-        return ModelMetrics(old=part("old"), new=new, all=every)
+        per_batch = cast(Mapping[str, float], raw.get("per_batch") or {})
+        return ModelMetrics(
+            old=part("old"), new=new, all=every, per_batch={str(k): float(v) for k, v in per_batch.items()}
+        )
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts of (true class, predicted class) pairs: rows are true classes, columns predictions."""
+
+    classes: tuple[str, ...] = ()  # row and column names, in this order
+    counts: tuple[tuple[int, ...], ...] = ()  # counts[i][j]: samples of classes[i] predicted classes[j]
+
+    def to_json(self) -> dict[str, object]:
+        return {"classes": list(self.classes), "counts": [list(row) for row in self.counts]}
+
+    @staticmethod
+    def from_json(raw: Mapping[str, object]) -> Confusion:
+        classes = cast(list[str], raw.get("classes") or [])
+        counts = cast(list[list[int]], raw.get("counts") or [])
+        return Confusion(
+            classes=tuple(str(c) for c in classes), counts=tuple(tuple(int(n) for n in row) for row in counts)
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +141,8 @@ class CycleMetrics:
     candidate: ModelMetrics
     champion: ModelMetrics | None  # None when the cycle bootstraps the first model
     gate: GateNumbers
+    # the candidate on all held-out data; classes in the candidate's order (then any it lacks)
+    confusion: Confusion = Confusion()
 
     def headline(self) -> Headline:
         return Headline(
@@ -127,6 +155,7 @@ class CycleMetrics:
             "candidate": self.candidate.to_json(),
             "champion": self.champion.to_json() if self.champion else None,
             "gate": self.gate,
+            "confusion": self.confusion.to_json(),
         }
 
     @staticmethod
@@ -136,4 +165,5 @@ class CycleMetrics:
             candidate=ModelMetrics.from_json(cast(Mapping[str, object], raw["candidate"])),
             champion=ModelMetrics.from_json(cast(Mapping[str, object], champion)) if champion else None,
             gate=cast(GateNumbers, raw.get("gate") or {}),
+            confusion=Confusion.from_json(cast(Mapping[str, object], raw.get("confusion") or {})),
         )

@@ -50,11 +50,18 @@ def fresh_dir(path: Path) -> Iterator[Path]:
     tmp.rename(path)
 
 
-def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray, batches: np.ndarray) -> None:
+    """Samples with their class names and the id of the batch each came from."""
     with path.open("wb") as f:
-        np.savez(f, images=images, labels=labels.astype(str))
+        np.savez(f, images=images, labels=labels.astype(str), batches=batches.astype(str))
 
 
 def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return npz["images"], npz["labels"]
+
+
+def load_batch_ids(path: Path) -> np.ndarray | None:
+    """The batch id of each sample of `path`; None for a file written before they were recorded."""
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["batches"] if "batches" in npz.files else None

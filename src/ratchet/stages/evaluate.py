@@ -7,19 +7,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ratchet.atomic import write_text
 from ratchet.config import Params
-from ratchet.evaluate import held_out, model_metrics
+from ratchet.evaluate import confusion, held_out, model_metrics
 from ratchet.gate import Decision, GateInput, decide
 from ratchet.metrics import CycleMetrics, ModelMetrics
 from ratchet.report import decision_report
 from ratchet.stages import prepare, train
-from ratchet.stages._common import fresh_dir, load_arrays, stage_main
+from ratchet.stages._common import fresh_dir, load_arrays, load_batch_ids, stage_main
 from ratchet.stages.inputs import Cycle
 from ratchet.train.checkpoint import load_checkpoint
 
 # what the output directory holds (dvc.yaml names each: they are small and stay in git)
-METRICS = "metrics.json"  # both models' accuracy per split and class, and the gate's numbers
+METRICS = "metrics.json"  # both models' accuracy per split, class and batch, the gate's numbers
 DECISION = "decision.json"  # promote, the reasons and a one-line summary
 REPORT = "report.md"  # what a reviewer reads
 
@@ -47,14 +49,22 @@ def run(prepared: Path, candidate_dir: Path, out: Path, params: Params) -> Evalu
         new=new,
     )
     decision = decide(gate_input, params.gate)
-    cand_metrics = model_metrics((old.labels, old.candidate), (new.labels, new.candidate))
+    old_ids, new_ids = load_batch_ids(prepared / prepare.OLD), load_batch_ids(prepared / prepare.NEW)
+    # a prepared directory from before batch ids were recorded: no accuracy per batch
+    batches = np.concatenate([old_ids, new_ids]) if old_ids is not None and new_ids is not None else None
+    cand_metrics = model_metrics((old.labels, old.candidate), (new.labels, new.candidate), batches)
     champ_metrics = (
-        model_metrics((old.labels, old.champion), (new.labels, new.champion))
+        model_metrics((old.labels, old.champion), (new.labels, new.champion), batches)
         if champion is not None
         else None
     )
-
-    metrics = CycleMetrics(candidate=cand_metrics, champion=champ_metrics, gate=decision.numbers())
+    every = gate_input.every
+    metrics = CycleMetrics(
+        candidate=cand_metrics,
+        champion=champ_metrics,
+        gate=decision.numbers(),
+        confusion=confusion(every.labels, every.candidate, candidate.spec.classes),
+    )
     decision_json = {
         "promote": decision.promote,
         "reasons": list(decision.reasons),

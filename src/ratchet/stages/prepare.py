@@ -48,18 +48,20 @@ def run(cycle_path: Path, data_dir: Path, out: Path, params: Params, fetch_paren
             (OLD, cycle.old_batches, "held_out"),
         ]
         for name, batches, split in parts:
-            if batches:
-                samples = catalog.load_split(data_dir, list(batches), split)
-                images, labels = samples.images, samples.labels
-                if images.shape[1:] != expected:
+            # batch by batch, so each sample keeps its batch id: evaluate scores each batch apart
+            images = [np.zeros((0, *expected), dtype=np.uint8)]
+            labels, ids = [np.zeros((0,), dtype=np.str_)], [np.zeros((0,), dtype=np.str_)]
+            for batch_id in batches:
+                samples = catalog.load_split(data_dir, [batch_id], split)
+                if samples.images.shape[1:] != expected:
                     raise InputError(
-                        f"batches {', '.join(batches)} hold images of shape {images.shape[1:]}, "
+                        f"batch {batch_id} holds images of shape {samples.images.shape[1:]}, "
                         f"but params.yaml data section says {expected}"
                     )
-            else:
-                images = np.zeros((0, *expected), dtype=np.uint8)
-                labels = np.zeros((0,), dtype=str)
-            save_arrays(tmp / name, images, labels)
+                images.append(samples.images)
+                labels.append(samples.labels)
+                ids.append(np.full(len(samples), batch_id))  # dtype from the id: np.str_ alone is 1 char
+            save_arrays(tmp / name, np.concatenate(images), np.concatenate(labels), np.concatenate(ids))
         if cycle.parent_version is not None:
             with tempfile.TemporaryDirectory() as download:
                 shutil.copytree(fetch_parent(cycle.parent_version, Path(download)), tmp / PARENT)
