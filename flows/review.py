@@ -104,8 +104,8 @@ def record(workspace: Path, version: str, answer: Answer) -> str:
     try:
         with ws.lock():
             registry = open_registry(ws)
-            found = next((x for x in registry.versions() if x.version == version), None)
-            if found is not None and found.review is not None:
+            found = registry.version(version)
+            if found.review is not None:
                 return (
                     f"version {version} was already reviewed ({found.review.sentence()}): "
                     f"the answer from the Prefect UI ({answer.action}) changes nothing"
@@ -113,7 +113,7 @@ def record(workspace: Path, version: str, answer: Answer) -> str:
             if answer.action == "keep-rejected":  # the gate's call stands: nothing to record
                 return f"version {version} stays rejected ({answer.by}: {answer.reason})"
             registry.review(version, Review(answer.action, answer.reason, answer.by, now()))
-            after = next(x for x in registry.versions() if x.version == version)
+            after = registry.version(version)
     except RatchetError as exc:
         return f"the answer from the Prefect UI was not recorded: {exc}"
     assert after.review is not None

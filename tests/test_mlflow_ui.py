@@ -15,30 +15,21 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ratchet import app
-from ratchet.registry import open_registry
+from ratchet.cli import main
+from ratchet.registry import DISPLAY, open_registry
 from ratchet.workspace import open_workspace
 
 CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"no browser: Debian's chromium is not installed at {CHROMIUM} (`make test` installs it as root"
-        " with apt-get)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="no browser driver: playwright is not installed")
-expect = sync_api.expect
 # a page of the UI can take seconds to fill in on two busy cores
 PAGE_TIMEOUT_MS = 30_000
-expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -67,6 +58,7 @@ class Version:
     experiment_id: str
     report_title: str  # the first heading of its report/report.md
     artifacts: frozenset[str]
+    verdict: str  # its verdict tag
 
 
 @dataclass(frozen=True)
@@ -151,7 +143,13 @@ def reviewed(
         title = report.read_text().splitlines()[0].removeprefix("# ")
         listed = {a.path for d in ("report", "plots") for a in client.list_artifacts(mv.run_id, d)}
         versions[action] = Version(
-            number, mv.description, mv.run_id, run.info.experiment_id, title, frozenset(listed)
+            number,
+            mv.description,
+            mv.run_id,
+            run.info.experiment_id,
+            title,
+            frozenset(listed),
+            mv.tags["verdict"],
         )
     return Reviewed(registry.name, versions)
 
@@ -181,22 +179,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no browser: Debian's chromium is not installed at {CHROMIUM} (`make test` installs it as "
+            "root with apt-get)"
+        )
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+    with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 
 
 @pytest.fixture()
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     yield context.new_page()
     context.close()
 
 
-def screenshot(page: Any, path: Path) -> None:
+def screenshot(page: Page, path: Path) -> None:
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
 
@@ -214,7 +218,7 @@ def lead(description: str) -> str:
 
 @pytest.mark.parametrize("action", ["promoted", "rejected"])
 def test_the_version_page_shows_the_decision(
-    reviewed: Reviewed, mlflow_ui: str, page: Any, action: str, tmp_path: Path
+    reviewed: Reviewed, mlflow_ui: str, page: Page, action: str, tmp_path: Path
 ) -> None:
     version = reviewed.versions[action]
     page.goto(f"{mlflow_ui}/#/models/{reviewed.model}/versions/{version.number}")
@@ -224,18 +228,20 @@ def test_the_version_page_shows_the_decision(
 
 
 def test_the_model_page_lists_the_versions(
-    reviewed: Reviewed, mlflow_ui: str, page: Any, tmp_path: Path
+    reviewed: Reviewed, mlflow_ui: str, page: Page, tmp_path: Path
 ) -> None:
     page.goto(f"{mlflow_ui}/#/models/{reviewed.model}")
     expect(page.get_by_role("heading", name=reviewed.model)).to_be_visible()
     for version in reviewed.versions.values():
         expect(page.get_by_role("link", name=f"Version {version.number}", exact=True)).to_be_visible()
+        expect(page.get_by_text(version.verdict).first).to_be_visible()  # the verdict tag
+    expect(page.get_by_text("Champion history, newest first").first).to_be_visible()
     screenshot(page, tmp_path / "model-versions.png")
 
 
 @pytest.mark.parametrize("action", ["promoted", "rejected"])
 def test_the_run_artifacts_show_the_report_and_the_plots(
-    reviewed: Reviewed, mlflow_ui: str, page: Any, action: str, tmp_path: Path
+    reviewed: Reviewed, mlflow_ui: str, page: Page, action: str, tmp_path: Path
 ) -> None:
     version = reviewed.versions[action]
     page.goto(f"{mlflow_ui}/#/experiments/{version.experiment_id}/runs/{version.run_id}/artifacts")
@@ -244,12 +250,47 @@ def test_the_run_artifacts_show_the_report_and_the_plots(
     expect(page.get_by_role("heading", name=version.report_title)).to_be_visible()
     screenshot(page, tmp_path / f"report-{version.number}-{action}.png")
 
-    if PLOT not in version.artifacts:
-        warnings.warn(f"run {version.run_id} has no {PLOT}: its check did not run", stacklevel=1)
-        return
+    assert PLOT in version.artifacts, sorted(version.artifacts)
     page.get_by_text("plots", exact=True).click()
     page.get_by_text(PLOT.rsplit("/", 1)[1], exact=True).click()
     image = page.get_by_role("img", name=PLOT)
     expect(image).to_be_visible()
     page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     screenshot(page, tmp_path / f"plot-{version.number}-{action}.png")
+
+
+def test_the_registry_keeps_the_record_on_the_run_and_shows_six_tags(
+    workspace: Path, reviewed: Reviewed, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The versions table shows six plain tags and a description led by the verdict and its reason;
+    the record stays on the run; the registered model lists the champion's history; status is a table."""
+    client = open_registry(open_workspace(workspace)).client
+    promoted, rejected = (
+        client.get_model_version(reviewed.model, reviewed.versions[a].number)
+        for a in ("promoted", "rejected")
+    )
+    first, second = reviewed.versions["promoted"].number, reviewed.versions["rejected"].number
+    for mv in (promoted, rejected):
+        assert sorted(mv.tags) == sorted(DISPLAY), mv.tags
+        assert client.get_run(mv.run_id).data.tags["ratchet.cycle_id"]
+    assert promoted.tags["verdict"] == "promoted" and promoted.tags["parent"] == "none"
+    assert re.fullmatch(r"0\.\d{3}", promoted.tags["new accuracy"]) and promoted.tags["old accuracy"] == "-"
+    assert rejected.tags["verdict"].startswith("rejected: ") and rejected.tags["parent"] == first
+    assert re.fullmatch(r"0\.\d{3} -> 0\.\d{3}", rejected.tags["old accuracy"])
+    assert promoted.description.startswith("Promoted: new 0.")
+    reasons = next(v for v in app.status(workspace).versions if v.version == second).reasons
+    first_failed = next(r for r in reasons if r.startswith("FAIL")).removeprefix("FAIL: ")
+    assert rejected.description.startswith(f"Rejected: {first_failed}")
+    history = client.get_registered_model(reviewed.model).description
+    assert f"| promoted | gate | - -> {first} |" in history
+
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that no cell is cut
+    assert main(["status", "-w", str(workspace)]) == 0
+    out = capsys.readouterr().out
+    header = r"^version +status +parent +batches +old accuracy +new accuracy +verdict +by$"
+    assert re.search(header, out, re.M), out
+    accuracy = r"0\.\d{3} -> 0\.\d{3}"
+    row = (
+        rf"^{reviewed.versions['rejected'].number} +rejected +{first} +\S+ +{accuracy} .* rejected: .* gate$"
+    )
+    assert re.search(row, out, re.M), out

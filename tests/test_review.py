@@ -10,8 +10,7 @@ import pytest
 from ratchet import app
 from ratchet.cli import main
 from ratchet.errors import RatchetError
-from ratchet.registry import DISPLAY, open_registry
-from ratchet.workspace import init_workspace, open_workspace
+from ratchet.workspace import init_workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -95,45 +94,3 @@ def test_manual_approval_reject_override_and_history(
         ("eve", f"1 -> {third.version}"),
         ("fay", f"{third.version} -> 1"),
     ]
-
-
-def test_what_a_reviewer_reads_in_the_registry(
-    tmp_path: Path,
-    stream_files: dict[str, Path],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The versions table shows six plain tags and a description led by the verdict and its reason;
-    the record stays on the run; the registered model lists the champion's history; status is a table."""
-    root = tmp_path / "ws"
-    init_workspace(root, model_name="read-it")
-    app.ingest(root, stream_files["digits-0-4"])
-    assert (first := app.retrain(root)) is not None and first.action == "promoted"
-    app.ingest(root, stream_files["digits-scrambled"])
-    assert (second := app.retrain(root)) is not None and second.action == "rejected"
-
-    registry = open_registry(open_workspace(root))
-    client = registry.client
-    for v in ("1", "2"):
-        mv = client.get_model_version("read-it", v)
-        assert sorted(mv.tags) == sorted(DISPLAY), mv.tags
-        assert client.get_run(mv.run_id).data.tags["ratchet.cycle_id"]
-    one, two = client.get_model_version("read-it", "1"), client.get_model_version("read-it", "2")
-    assert one.tags["verdict"] == "promoted" and one.tags["parent"] == "none"
-    assert re.fullmatch(r"0\.\d{3}", one.tags["new accuracy"]) and one.tags["old accuracy"] == "-"
-    assert two.tags["verdict"].startswith("rejected: ") and two.tags["parent"] == "1"
-    assert re.fullmatch(r"0\.\d{3} -> 0\.\d{3}", two.tags["old accuracy"])
-    assert one.description.startswith("Promoted: new 0.")
-    failed = app.status(root).versions[1].reasons
-    first_failed = next(r for r in failed if r.startswith("FAIL")).removeprefix("FAIL: ")
-    assert two.description.startswith(f"Rejected: {first_failed}")
-
-    model = client.get_registered_model("read-it")
-    assert "| promoted | gate | - -> 1 |" in model.description
-
-    assert main(["status", "-w", str(root)]) == 0
-    out = capsys.readouterr().out
-    assert re.search(
-        r"^version +status +parent +batches +old accuracy +new accuracy +verdict +by$", out, re.M
-    )
-    assert re.search(r"^2 +rejected +1 +\S+ +0\.\d{3} -> 0\.\d{3} .* rejected: .* gate$", out, re.M), out

@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
-from ratchet import faults
+from ratchet import faults, state
 from ratchet.config import Params, Scalar
 from ratchet.data import catalog, journal, versioning
 from ratchet.errors import InputError, RatchetError
 from ratchet.ledger import BatchState, batch_states
-from ratchet.metrics import Action, CycleMetrics, Headline
+from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle, code_version
 from ratchet.train import strategies
@@ -203,6 +205,9 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())
+    registry = open_registry(ws, params)
+    verdict: Verdict = "promote" if decision["promote"] else "reject"
+    plots = _draw(registry.versions(), cycle, metrics, verdict, state.directory(ws.root) / "plots")
     rec = CandidateRecord(
         cycle_id=cycle.cycle_id,
         parent_version=cycle.parent_version,
@@ -215,13 +220,30 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         params_hash=params.digest(),
         history=history,
         metrics=metrics,
-        verdict="promote" if decision["promote"] else "reject",
+        verdict=verdict,
         reasons=tuple(decision["reasons"]),
         summary=str(decision["summary"]),
         checkpoint_dir=paths.candidate / train.CHECKPOINT,
         report_files=[paths.eval / name for name in (evaluate.REPORT, evaluate.METRICS, evaluate.DECISION)],
+        plot_files=plots,
     )
-    return open_registry(ws, params).log_candidate(rec)
+    return registry.log_candidate(rec)
+
+
+def _draw(
+    versions: list[VersionInfo], cycle: Cycle, metrics: CycleMetrics, verdict: Verdict, out: Path
+) -> list[Path]:
+    """The cycle's pictures: every version so far, and this cycle's candidate as the next one."""
+    from ratchet import plots
+
+    def row(v: VersionInfo) -> plots.VersionRow:
+        return plots.VersionRow(v.version, v.action or v.verdict or "?", v.metrics, v.per_batch)
+
+    upcoming = str(max((int(v.version) for v in versions), default=0) + 1)  # the number it will get
+    rows = [row(v) for v in versions]
+    rows.append(plots.VersionRow(upcoming, verdict, metrics.headline(), metrics.candidate.per_batch))
+    shutil.rmtree(out, ignore_errors=True)
+    return plots.render(rows, metrics, out, parent=cycle.parent_version)
 
 
 def apply(ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool) -> Outcome:

@@ -161,6 +161,11 @@ class VersionInfo:
     def metrics(self) -> Headline:
         return Headline.from_tags(self.tag)
 
+    @property
+    def per_batch(self) -> dict[str, float]:
+        """The version's accuracy on each batch's held-out set, as its cycle measured it."""
+        return {str(k): float(v) for k, v in json.loads(self.tag("per_batch") or "{}").items()}
+
     def to_json(self) -> dict[str, object]:
         return {
             "version": self.version,
@@ -201,6 +206,7 @@ class CandidateRecord:
     summary: str
     checkpoint_dir: Path
     report_files: Sequence[Path]
+    plot_files: Sequence[Path] = ()  # logged under plots/
 
 
 class Registry:
@@ -446,6 +452,8 @@ class Registry:
             )
             for path in rec.report_files:
                 mlflow.log_artifact(str(path), artifact_path="report")
+            for path in rec.plot_files:
+                mlflow.log_artifact(str(path), artifact_path="plots")
             with warnings.catch_warnings():
                 # the signature says what goes in; an example would cost a model load per cycle
                 warnings.filterwarnings("ignore", message=".*An input example was not provided")
@@ -491,6 +499,8 @@ class Registry:
             "params_hash": rec.params_hash,
             "decision": rec.verdict,
             "reasons": "\n".join(rec.reasons),
+            # the candidate on each batch's held-out set: a row of the accuracy matrix later cycles draw
+            "per_batch": json.dumps(rec.metrics.candidate.per_batch, sort_keys=True),
         }
         tags |= rec.metrics.headline().to_tags()
         return {PREFIX + k: v for k, v in tags.items()}
