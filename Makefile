@@ -3,6 +3,9 @@ VENV    := .venv
 BIN     := $(abspath $(VENV))/bin
 STAMP   := $(VENV)/.installed
 PYTHON  ?= python3
+# test processes: two halve the suite's time on two cores (much of it waits on git, DVC and child
+# processes); loadfile keeps each file's shared workspaces in one process
+TEST_WORKERS ?= 2
 
 .PHONY: demo test data repro ui lint bench
 
@@ -17,7 +20,7 @@ demo: $(STAMP)  ## the embedded digits stream through the real cycle, in a throw
 
 test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test
 	@sh .ci/chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, offline
 	$(BIN)/ratchet reference-data .

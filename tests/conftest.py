@@ -1,10 +1,15 @@
-"""Shared fixtures: a real Prefect server for the session, the digits stream as .npz batches."""
+"""Shared fixtures: a real Prefect server for the session, the digits stream as .npz batches; and
+the fault suite's tally (tests marked `fault`): which faults were tried at how many points and how
+many held, printed after the run as the table the README's reliability section quotes. The tally
+lives here, not under tests/faults/, because with workers (`-n`) only this conftest runs in the
+process that prints the summary."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +18,34 @@ import pytest
 from ratchet.data.digits import StreamBatch, digits_stream
 
 REPO = Path(__file__).resolve().parents[1]
+
+_TALLY: dict[str, list[bool]] = defaultdict(list)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    fault = item.get_closest_marker("fault")
+    if fault is not None:
+        # carried by the report, so the tally also adds up where tests run in worker processes
+        report.user_properties.append(("fault", str(fault.args[0])))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    fault = dict(report.user_properties).get("fault")
+    if fault is not None and report.when == "call":
+        _TALLY[str(fault)].append(report.passed)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _TALLY:
+        return
+    width = max(len(f) for f in _TALLY)
+    terminalreporter.section("fault suite")
+    terminalreporter.write_line(f"{'fault':<{width}}  points tried  held")
+    for fault, results in _TALLY.items():
+        terminalreporter.write_line(f"{fault:<{width}}  {len(results):>12}  {sum(results):>4}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
