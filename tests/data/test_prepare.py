@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from ratchet.config import DataParams, Params
+from ratchet.config import Params
 from ratchet.data.catalog import load_split
 from ratchet.data.ingest import ingest_batch
 from ratchet.errors import InputError
@@ -17,18 +15,7 @@ from ratchet.stages import prepare
 from ratchet.stages._common import load_arrays, load_batch_ids
 from ratchet.stages.inputs import Cycle
 
-PARAMS = DataParams(
-    image_size=8, channels=3, held_out_fraction=0.5, max_file_bytes=20_000, max_image_pixels=10_000
-)
-
-
-def make_folder(root: Path, spec: dict[str, list[int]]) -> Path:
-    for name, seeds in spec.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for seed in seeds:
-            pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{seed}.png")
-    return root
+from .images import PARAMS, make_folder
 
 
 def no_parent(version: str, dst: Path) -> Path:
