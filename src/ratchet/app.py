@@ -243,11 +243,14 @@ def rollback(workspace: Path, to: str | None = None, by: str | None = None) -> t
 
 
 def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] | None = None) -> DataVersion:
-    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
+    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push),
+    and the parent path of a bootstrap cycle (the no-parent marker, tracked by parent.dvc)."""
     import tempfile
 
+    from ratchet.cycle import track_parent
     from ratchet.data import versioning
     from ratchet.data.digits import digits_stream
+    from ratchet.stages.inputs import Cycle
 
     ws = open_workspace(directory)
     with tempfile.TemporaryDirectory() as incoming:
@@ -260,4 +263,8 @@ def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] 
     if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
         versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
         raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")
+    paths = ws.stage_paths()
+    if Cycle.load(paths.cycle).parent_version is None:
+        # a bootstrap's parent is the no-parent marker: regenerated too, so `dvc repro` needs no remote
+        track_parent(ws, None)
     return versioning.data_version(ws.root)
