@@ -57,7 +57,7 @@ def ingest(
     """Ingest one batch and (unless told not to) version it with DVC, as one transaction
     (`ratchet.data.journal`). An ingest a killed process left is finished first, and `recovered`
     told what that did."""
-    from ratchet.data import journal
+    from ratchet.data import journal, versioning
     from ratchet.data.ingest import ingest_batch
     from ratchet.registry import open_registry
 
@@ -78,6 +78,9 @@ def ingest(
         finished = journal.recover(ws.root, ws.data_dir)
         if finished and recovered is not None:
             recovered(finished)
+        pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
+        if pushed and recovered is not None:
+            recovered(pushed)
         report, data_version = journal.ingest(ws.root, ws.data_dir, source, params.data, progress, dropped)
     return Ingested(report, data_version)
 

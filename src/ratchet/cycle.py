@@ -86,6 +86,8 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     recovered = journal.recover(ws.root, ws.data_dir)
     if recovered:
         print(recovered)
+    if pushed := versioning.push_unpushed(ws.root):
+        print(pushed)
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -209,8 +211,8 @@ class Outcome:
 
 
 def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
-    """Commit the cycle (cycle.json, parent.dvc, dvc.lock, report) and register the candidate with its
-    lineage."""
+    """Commit the cycle (cycle.json, parent.dvc, dvc.lock, report), push what DVC tracks to the
+    workspace's remote, and register the candidate with its lineage."""
     from ratchet.registry import CandidateRecord
     from ratchet.stages import evaluate, train
 
@@ -226,6 +228,10 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         CYCLE_COMMIT.format(id=cycle.cycle_id, batches=", ".join(cycle.new_batches)),
     )
     faults.reached("retrain:git-committed")
+    # before registering: a version on record is one a clone can reproduce with `dvc pull`
+    if unpushed := versioning.push(ws.root, f"cycle {cycle.cycle_id}"):
+        print(unpushed)  # the cycle stands; the next command pushes it
+    faults.reached("retrain:pushed")
     metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())
