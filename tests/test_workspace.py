@@ -21,7 +21,13 @@ def test_stage_paths_come_from_the_stage_command_lines(ws: Workspace) -> None:
     assert (paths.prepared, paths.candidate, paths.eval) == tuple(
         ws.root / "artifacts" / name for name in ("prepared", "candidate", "eval")
     )
-    assert paths.committed() == [ws.root / "cycle.json", ws.root / "artifacts"]
+    assert paths.parent == ws.root / "parent"
+    assert paths.committed() == [
+        ws.root / "cycle.json",
+        ws.root / "parent.dvc",
+        ws.root / ".gitignore",
+        ws.root / "artifacts",
+    ]
 
 
 def test_moving_the_outputs_in_dvc_yaml_moves_them_for_the_flow(tmp_path: Path, ws: Workspace) -> None:
@@ -37,8 +43,8 @@ def test_moving_the_outputs_in_dvc_yaml_moves_them_for_the_flow(tmp_path: Path, 
     ("edit", "message"),
     [
         (("train artifacts/prepared", "train artifacts/other"), "do not pass their outputs on"),
-        (("prepare cycle.json data", "prepare cycle.json"), "passes 2 paths, not 3"),
-        (("cycle.json data artifacts", "cycle.json batches artifacts"), "prepare reads batches"),
+        (("prepare cycle.json data", "prepare cycle.json"), "passes 3 paths, not 4"),
+        (("cycle.json data parent", "cycle.json batches parent"), "prepare reads batches"),
         (("  evaluate:", "  judge:"), "does not name the stages' paths"),
     ],
 )

@@ -57,7 +57,7 @@ def ingest(
     """Ingest one batch and (unless told not to) version it with DVC, as one transaction
     (`ratchet.data.journal`). An ingest a killed process left is finished first, and `recovered`
     told what that did."""
-    from ratchet.data import journal
+    from ratchet.data import journal, versioning
     from ratchet.data.ingest import ingest_batch
     from ratchet.registry import open_registry
 
@@ -78,6 +78,9 @@ def ingest(
         finished = journal.recover(ws.root, ws.data_dir)
         if finished and recovered is not None:
             recovered(finished)
+        pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
+        if pushed and recovered is not None:
+            recovered(pushed)
         report, data_version = journal.ingest(ws.root, ws.data_dir, source, params.data, progress, dropped)
     return Ingested(report, data_version)
 
@@ -243,11 +246,14 @@ def rollback(workspace: Path, to: str | None = None, by: str | None = None) -> t
 
 
 def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] | None = None) -> DataVersion:
-    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push)."""
+    """Regenerate the committed reference stream into DIR/data, byte for byte (no commit, no push),
+    and the parent path of a bootstrap cycle (the no-parent marker, tracked by parent.dvc)."""
     import tempfile
 
+    from ratchet.cycle import track_parent
     from ratchet.data import versioning
     from ratchet.data.digits import digits_stream
+    from ratchet.stages.inputs import Cycle
 
     ws = open_workspace(directory)
     with tempfile.TemporaryDirectory() as incoming:
@@ -260,4 +266,8 @@ def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] 
     if versioning.git(ws.root, "status", "--porcelain", "--", versioning.DATA_DVC).strip():
         versioning.git(ws.root, "checkout", "--", versioning.DATA_DVC)
         raise RatchetError("the regenerated reference data does not match data.dvc: not that data version")
+    paths = ws.stage_paths()
+    if Cycle.load(paths.cycle).parent_version is None:
+        # a bootstrap's parent is the no-parent marker: regenerated too, so `dvc repro` needs no remote
+        track_parent(ws, None)
     return versioning.data_version(ws.root)

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from ratchet.errors import InputError, RatchetError
 from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
 from ratchet.registry import Registry, VersionInfo, open_registry
-from ratchet.stages.inputs import Cycle, code_version
+from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version, content_hash
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
@@ -85,6 +86,8 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     recovered = journal.recover(ws.root, ws.data_dir)
     if recovered:
         print(recovered)
+    if pushed := versioning.push_unpushed(ws.root):
+        print(pushed)
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -115,9 +118,32 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     )
     if ws.upgrade_pipeline():
         print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
+    with tempfile.TemporaryDirectory() as download:
+        checkpoint = registry.download_checkpoint(champion.version, Path(download)) if champion else None
+        cycle = dataclasses.replace(cycle, parent_hash=track_parent(ws, checkpoint))
     cycle.save(ws.stage_paths().cycle)
     faults.reached("retrain:planned")
     return cycle
+
+
+def track_parent(ws: Workspace, checkpoint: Path | None) -> str | None:
+    """Copy the parent's checkpoint directory (weights, spec, replay memory, strategy state) to the
+    path dvc.yaml's prepare stage reads, `dvc add` it, and return its content hash for cycle.json.
+    Without a parent (a bootstrap) the path holds only a marker, since DVC needs the dependency to
+    exist, and the hash is None.
+
+    The cycle's commit then names its parent by hash (the .dvc file), so `git checkout` and `dvc
+    checkout` bring back exactly that parent, with no registry.
+    """
+    target = ws.stage_paths().parent
+    shutil.rmtree(target, ignore_errors=True)
+    if checkpoint is None:
+        target.mkdir(parents=True)
+        (target / NO_PARENT).write_text(NO_PARENT_TEXT, encoding="utf-8")
+    else:
+        shutil.copytree(checkpoint, target)
+    versioning.dvc(ws.root, "add", str(target.relative_to(ws.root)))
+    return content_hash(target) if checkpoint is not None else None
 
 
 def _check_not_lost(ws: Workspace, registry: Registry) -> None:
@@ -148,9 +174,8 @@ def _check_not_lost(ws: Workspace, registry: Registry) -> None:
 def run_prepare(ws: Workspace) -> None:
     from ratchet.stages import prepare
 
-    paths, params = ws.stage_paths(), ws.params()
-    fetch = open_registry(ws, params).download_checkpoint
-    prepare.run(paths.cycle, paths.data, paths.prepared, params, fetch)
+    paths = ws.stage_paths()
+    prepare.run(paths.cycle, paths.data, paths.parent, paths.prepared, ws.params())
     faults.reached("retrain:prepared")
 
 
@@ -186,7 +211,8 @@ class Outcome:
 
 
 def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
-    """Commit the cycle (cycle.json, dvc.lock, report) and register the candidate with its lineage."""
+    """Commit the cycle (cycle.json, parent.dvc, dvc.lock, report), push what DVC tracks to the
+    workspace's remote, and register the candidate with its lineage."""
     from ratchet.registry import CandidateRecord
     from ratchet.stages import evaluate, train
 
@@ -202,6 +228,10 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         CYCLE_COMMIT.format(id=cycle.cycle_id, batches=", ".join(cycle.new_batches)),
     )
     faults.reached("retrain:git-committed")
+    # before registering: a version on record is one a clone can reproduce with `dvc pull`
+    if unpushed := versioning.push(ws.root, f"cycle {cycle.cycle_id}"):
+        print(unpushed)  # the cycle stands; the next command pushes it
+    faults.reached("retrain:pushed")
     metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())

@@ -31,6 +31,7 @@ RETRAIN_POINTS: tuple[str, ...] = (
     "retrain:evaluated",
     "retrain:dvc-committed",  # dvc.lock names the outputs, not yet in git
     "retrain:git-committed",
+    "retrain:pushed",  # the cycle's DVC-tracked files are on the remote (or the failure is noted)
     "retrain:run-started",  # an MLflow run is RUNNING
     "retrain:model-logged",
     "retrain:run-ended",  # the run is FINISHED, no version registered

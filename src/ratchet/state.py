@@ -1,5 +1,6 @@
 """ratchet's own files in a workspace, under `.ratchet/` (git-ignored, never under data/):
-the log that keeps what a one-line error leaves out, and the ingest journal."""
+the log that keeps what a one-line error leaves out, the ingest journal, and the note of a push
+that has not reached the DVC remote yet."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 STATE_DIR = ".ratchet"
 LOG = f"{STATE_DIR}/ratchet.log"
 INGEST_JOURNAL = f"{STATE_DIR}/ingest.json"
+UNPUSHED = f"{STATE_DIR}/unpushed.txt"  # what a failed or interrupted `dvc push` left behind
 
 
 def directory(root: Path) -> Path:

@@ -27,7 +27,12 @@ PIPELINE = "dvc.yaml"
 TEMPLATES = (PIPELINE,)  # params.yaml is rendered from ratchet.config
 # dvc.yaml as earlier releases wrote it (sha256): ratchet owns the file, so a workspace that still
 # has one of these is upgraded to today's template; a hand-edited one is left alone
-LEGACY_PIPELINES = frozenset({"193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4"})
+LEGACY_PIPELINES = frozenset(
+    {
+        "193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4",
+        "0f0f30ee4357c5722bccc31a224b66ae2f4dfb0de47aaac143c1e91465d5ff16",  # prepare read no parent path
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -36,14 +41,25 @@ class StagePaths:
 
     cycle: Path  # cycle.json: what the next `dvc repro` trains on and from
     data: Path
+    parent: Path  # the parent's checkpoint directory, tracked by DVC in `parent_dvc`
     prepared: Path
     candidate: Path
     eval: Path
 
+    @property
+    def parent_dvc(self) -> Path:
+        return self.parent.with_name(f"{self.parent.name}.dvc")  # where `dvc add` puts it
+
     def committed(self) -> list[Path]:
-        """What a cycle commits to git besides dvc.yaml and dvc.lock: cycle.json and the folders
-        holding the stage outputs (DVC's .gitignore keeps the cached ones out)."""
-        return [self.cycle, *sorted({p.parent for p in (self.prepared, self.candidate, self.eval)})]
+        """What a cycle commits to git besides dvc.yaml and dvc.lock: cycle.json, the parent's .dvc
+        file and the .gitignore where DVC lists the parent, and the folders holding the stage outputs
+        (DVC's .gitignore keeps the cached ones out)."""
+        return [
+            self.cycle,
+            self.parent_dvc,
+            self.parent.parent / ".gitignore",
+            *sorted({p.parent for p in (self.prepared, self.candidate, self.eval)}),
+        ]
 
 
 @dataclass(frozen=True)
@@ -90,15 +106,15 @@ class Workspace:
                 f"{pipeline} does not name the stages' paths as this ratchet expects ({exc}): "
                 f"compare it with `ratchet init` output in an empty directory"
             ) from None
-        if (args["prepare"][2], args["prepare"][2]) != (args["train"][0], args["evaluate"][0]) or (
+        if (args["prepare"][3], args["prepare"][3]) != (args["train"][0], args["evaluate"][0]) or (
             args["train"][1] != args["evaluate"][1]
         ):
             raise InputError(f"{pipeline}: the stages do not pass their outputs on to each other")
-        cycle, data, prepared = args["prepare"]
+        cycle, data, parent, prepared = args["prepare"]
         if self.root / data != self.data_dir:  # ingest writes there, and data.dvc tracks it
             raise InputError(f"{pipeline}: prepare reads {data}, but this workspace's batches are in data/")
         candidate, evaluated = args["train"][1], args["evaluate"][2]
-        return StagePaths(*(self.root / p for p in (cycle, data, prepared, candidate, evaluated)))
+        return StagePaths(*(self.root / p for p in (cycle, data, parent, prepared, candidate, evaluated)))
 
     def upgrade_pipeline(self) -> bool:
         """Replace a dvc.yaml an earlier release wrote with today's; True if it did."""
@@ -142,7 +158,7 @@ def _stage_args(cmd: str, stage: str) -> list[str]:
     """`python -m ratchet.stages.train A B` -> ["A", "B"], checking the count."""
     words = shlex.split(cmd)
     args = words[words.index(f"ratchet.stages.{stage}") + 1 :]
-    expected = 3 if stage in ("prepare", "evaluate") else 2
+    expected = {"prepare": 4, "train": 2, "evaluate": 3}[stage]
     if len(args) != expected:
         raise ValueError(f"stage {stage} passes {len(args)} paths, not {expected}")
     return args

@@ -87,6 +87,33 @@ def ensure_repos(root: Path, remote: Path) -> None:
         dvc(root, "remote", "add", "-d", "local", os.path.relpath(remote, root))
 
 
+def push(root: Path, what: str) -> str | None:
+    """`dvc push` everything the workspace tracks (data.dvc, parent.dvc, the outputs dvc.lock
+    names). A note left first makes the next command retry when the push fails or the process
+    dies; returns the line to say when it failed, None when all is on the remote."""
+    note = state.directory(root) / Path(state.UNPUSHED).name
+    note.write_text(what + "\n", encoding="utf-8")
+    try:
+        dvc(root, "push")
+    except RatchetError as exc:
+        return (
+            f"{what} is committed but not backed up ({exc}); fix the DVC remote, then the next "
+            "ingest or retrain pushes it"
+        )
+    note.unlink()
+    return None
+
+
+def push_unpushed(root: Path) -> str | None:
+    """Retry the push an earlier command could not finish; what happened in one line, or None when
+    nothing was waiting."""
+    note = root / state.UNPUSHED
+    if not note.is_file():
+        return None
+    what = note.read_text(encoding="utf-8").strip() or "the workspace"
+    return push(root, what) or f"pushed {what} to the DVC remote (an earlier push had not finished)"
+
+
 def git_config(root: Path, key: str) -> str:
     done = subprocess.run(["git", "config", key], cwd=root, capture_output=True, text=True, check=False)
     return done.stdout.strip()

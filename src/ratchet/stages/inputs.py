@@ -13,6 +13,10 @@ import ratchet
 from ratchet.atomic import write_text
 from ratchet.errors import InputError
 
+# what the parent path holds for a cycle without a parent: DVC needs the dependency to exist
+NO_PARENT = "no-parent.txt"
+NO_PARENT_TEXT = "This cycle has no parent: it trains from scratch, or from model.pretrained.\n"
+
 
 @dataclass(frozen=True)
 class CodeVersion:
@@ -33,6 +37,16 @@ def code_version() -> CodeVersion:
     return CodeVersion(version=ratchet.__version__, source=digest.hexdigest()[:12])
 
 
+def content_hash(directory: Path) -> str:
+    """sha256 over every file under `directory`, each by its relative path and bytes, in path order:
+    the same files give the same hash wherever they were downloaded or checked out."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Cycle:
     """What a cycle trains on and from: committed as cycle.json, the input `dvc repro` replays."""
@@ -43,11 +57,16 @@ class Cycle:
     parent_version: str | None  # registry version fine-tuned from; None bootstraps from scratch
     strategy: str
     code: CodeVersion | None = None  # the ratchet that planned it (None: planned before it was recorded)
+    # content_hash of the parent's checkpoint directory, as DVC tracks it beside cycle.json; None
+    # for a bootstrap, and in cycles planned before the parent was tracked
+    parent_hash: str | None = None
 
     def to_json(self) -> dict[str, object]:
         doc = dataclasses.asdict(self)
-        if self.code is None:
-            del doc["code"]  # a cycle planned before the code was recorded reads back the same
+        # cycles planned before these were recorded (and bootstraps, for parent_hash) read back the same
+        for key in ("code", "parent_hash"):
+            if doc[key] is None:
+                del doc[key]
         return doc
 
     @staticmethod
@@ -63,6 +82,7 @@ class Cycle:
             parent_version=raw["parent_version"],
             strategy=str(raw["strategy"]),
             code=CodeVersion(version=str(code["version"]), source=str(code["source"])) if code else None,
+            parent_hash=raw.get("parent_hash"),
         )
 
     def save(self, path: Path) -> None:

@@ -1,15 +1,15 @@
 """Stage prepare: the cycle's training and held-out data, and its parent model, into one directory.
 
-It is the only stage that reads the registry (the parent version's checkpoint); train and evaluate
-work from its output alone.
+The parent comes from the path dvc.yaml names (a DVC-tracked copy of the parent version's
+checkpoint, which the orchestrator puts there), never from the registry, and only when its content
+hash is the one cycle.json records: git and DVC alone reproduce a cycle. Train and evaluate work
+from this stage's output alone.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,7 @@ from ratchet.config import Params
 from ratchet.data import catalog
 from ratchet.errors import InputError
 from ratchet.stages._common import fresh_dir, save_arrays, stage_main
-from ratchet.stages.inputs import Cycle
+from ratchet.stages.inputs import Cycle, content_hash
 from ratchet.train.strategies.base import trains_on_all_seen
 
 # what the output directory holds
@@ -28,14 +28,35 @@ TRAIN, NEW, OLD = "train.npz", "new.npz", "old.npz"  # training samples; held-ou
 PARENT = "parent"  # the parent's checkpoint directory, when the cycle has one
 PRETRAINED = "pretrained.pt"  # model.pretrained's weights, when a bootstrap starts from them
 
-# (version, download directory) -> the version's checkpoint directory
-FetchParent = Callable[[str, Path], Path]
+
+def check_parent(cycle: Cycle, parent_dir: Path) -> None:
+    """Refuse a parent that is not the one cycle.json names: training from another would record a
+    candidate under a lineage it does not have."""
+    if cycle.parent_version is None:
+        return  # a bootstrap reads nothing from the parent path
+    where = f"parent version {cycle.parent_version}"
+    if cycle.parent_hash is None:
+        raise InputError(
+            f"{where}: cycle.json records no parent_hash (planned by an earlier ratchet), so nothing "
+            "can check the parent; plan the cycle again with `ratchet retrain`"
+        )
+    if not (parent_dir / "spec.json").is_file():
+        raise InputError(
+            f"{where}: no checkpoint at {parent_dir}; restore it with `dvc checkout` (or `dvc pull`)"
+        )
+    found = content_hash(parent_dir)
+    if found != cycle.parent_hash:
+        raise InputError(
+            f"{where}: {parent_dir} holds content {found[:12]}, not the {cycle.parent_hash[:12]} "
+            "cycle.json names; not training from it (restore it with `dvc checkout`)"
+        )
 
 
-def run(cycle_path: Path, data_dir: Path, out: Path, params: Params, fetch_parent: FetchParent) -> Path:
+def run(cycle_path: Path, data_dir: Path, parent_dir: Path, out: Path, params: Params) -> Path:
     cycle = Cycle.load(cycle_path)
     if note := cycle.code_note():
         print(note, file=sys.stderr, flush=True)
+    check_parent(cycle, parent_dir)  # before anything is written
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
     with fresh_dir(out) as tmp:
         # a strategy may train on everything seen so far (joint); the others on the new batches
@@ -63,8 +84,7 @@ def run(cycle_path: Path, data_dir: Path, out: Path, params: Params, fetch_paren
                 ids.append(np.full(len(samples), batch_id))  # dtype from the id: np.str_ alone is 1 char
             save_arrays(tmp / name, np.concatenate(images), np.concatenate(labels), np.concatenate(ids))
         if cycle.parent_version is not None:
-            with tempfile.TemporaryDirectory() as download:
-                shutil.copytree(fetch_parent(cycle.parent_version, Path(download)), tmp / PARENT)
+            shutil.copytree(parent_dir, tmp / PARENT)
         elif params.model.pretrained:
             # copied in, so the weights a bootstrap starts from are part of what DVC hashes
             source = Path(params.model.pretrained)
@@ -76,16 +96,10 @@ def run(cycle_path: Path, data_dir: Path, out: Path, params: Params, fetch_paren
 
 
 def main(argv: list[str] | None = None) -> int:
-    def fetch_parent(version: str, dst: Path) -> Path:
-        from ratchet.registry import open_registry
-        from ratchet.workspace import open_workspace
-
-        return open_registry(open_workspace(Path("."))).download_checkpoint(version, dst)
-
     return stage_main(
         "prepare",
-        ["cycle", "data", "out"],
-        lambda p, params: run(p[0], p[1], p[2], params, fetch_parent),
+        ["cycle", "data", "parent", "out"],
+        lambda p, params: run(p[0], p[1], p[2], p[3], params),
         argv,
     )
 

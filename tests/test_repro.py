@@ -1,0 +1,170 @@
+"""git + DVC alone reproduce any cycle: its parent is a DVC-tracked input named by hash in the cycle's
+commit, and everything a cycle produced is on the DVC remote when it ends.
+
+One workspace, two cycles of the digits stream (three epochs: reproduction does not depend on how
+long training runs); each case puts the workspace back as it found it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ratchet import app
+from ratchet.data import versioning
+from ratchet.registry import open_registry
+from ratchet.stages.inputs import NO_PARENT, Cycle, content_hash
+from ratchet.workspace import init_workspace, open_workspace
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+METRICS = "artifacts/eval/metrics.json"
+WEIGHTS = "artifacts/candidate/checkpoint/weights.pt"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    commit: str  # the cycle's git commit, as its version records it
+    metrics: str  # metrics.json as committed
+    weights: str  # sha256 of the candidate's weights
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    cycles: list[Recorded]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dvc_run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """DVC as a person runs it, output kept for the assertions."""
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def check_out(root: Path, commit: str) -> None:
+    versioning.git(root, "checkout", "-q", commit)
+    versioning.dvc(root, "checkout")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path]) -> Iterator[Workspace]:
+    root = tmp_path_factory.mktemp("repro") / "ws"
+    init_workspace(root, model_name="repro-it")
+    params = root / "params.yaml"
+    params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 3", params.read_text()))
+    versioning.commit(root, ["params.yaml"], "three epochs")
+    cycles = []
+    for name in ("digits-0-4", "digits-5-9"):
+        app.ingest(root, stream_files[name])
+        outcome = app.retrain(root)
+        assert outcome is not None
+        version = next(
+            v for v in open_registry(open_workspace(root)).versions() if v.version == outcome.version
+        )
+        cycles.append(
+            Recorded(version.tag("git_commit"), (root / METRICS).read_text(), sha256(root / WEIGHTS))
+        )
+    yield Workspace(root, cycles)
+
+
+def test_a_cycle_commits_its_parent_by_hash_and_pushes_everything(ws: Workspace) -> None:
+    first, second = ws.cycles
+    # each cycle's commit holds parent.dvc; the second names the first version's checkpoint by hash
+    assert "parent.dvc" in versioning.git(ws.root, "show", "--name-only", "--format=", first.commit).split()
+    assert Cycle.load(ws.root / "cycle.json").parent_hash == content_hash(ws.root / "parent")
+    assert versioning.git(ws.root, "status", "--porcelain") == ""
+    # and nothing is left for the remote
+    assert not (ws.root / ".ratchet" / "unpushed.txt").exists()
+    assert "in sync" in versioning.dvc(ws.root, "status", "--cloud")
+
+
+def test_repro_of_an_earlier_commit_needs_no_registry(ws: Workspace) -> None:
+    first, second = ws.cycles
+    away = ws.root.parent / "mlruns-away"
+    shutil.move(ws.root / "mlruns", away)
+    try:
+        # given the registry gone, and the first cycle checked out (a bootstrap: the no-parent marker)
+        check_out(ws.root, first.commit)
+        assert [p.name for p in (ws.root / "parent").iterdir()] == [NO_PARENT]
+        # when the second cycle's commit is checked out, DVC restores exactly its parent
+        check_out(ws.root, second.commit)
+        cycle = Cycle.load(ws.root / "cycle.json")
+        assert cycle.parent_version == "1" and content_hash(ws.root / "parent") == cycle.parent_hash
+        # then dvc repro reproduces its metrics and weights, and opens no registry
+        versioning.dvc(ws.root, "repro", "-f", "--no-run-cache")
+        assert (ws.root / METRICS).read_text() == second.metrics
+        assert sha256(ws.root / WEIGHTS) == second.weights
+        assert versioning.git(ws.root, "status", "--porcelain") == ""
+        assert not (ws.root / "mlruns").exists()
+    finally:
+        shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
+        shutil.move(away, ws.root / "mlruns")
+        check_out(ws.root, "main")
+
+
+def test_repro_with_another_registry_trains_from_the_tracked_parent_or_refuses(ws: Workspace) -> None:
+    away = ws.root.parent / "mlruns-away"
+    shutil.move(ws.root / "mlruns", away)
+    try:
+        # given an empty registry where the old one was
+        open_registry(open_workspace(ws.root)).ensure_store()
+        # when the last cycle's prepare stage runs again, it takes the DVC-tracked parent all the same:
+        # the same prepared data, parent included, as dvc.lock records (the rest follows from it, as
+        # the repro above shows)
+        versioning.dvc(ws.root, "repro", "-f", "--no-run-cache", "-s", "prepare")
+        assert versioning.git(ws.root, "status", "--porcelain") == ""
+
+        # when the parent's content is not the one cycle.json names
+        weights = ws.root / "parent" / "weights.pt"
+        tampered = weights.read_bytes() + b"\0"
+        weights.unlink()  # never write through a link into DVC's cache
+        weights.write_bytes(tampered)
+        done = dvc_run(ws.root, "repro", "-f", "--no-run-cache")
+        # then prepare refuses in one line, trains nothing and writes nothing
+        output = done.stdout + done.stderr
+        assert done.returncode != 0
+        refusals = [ln for ln in output.splitlines() if ln.startswith("ratchet prepare: error:")]
+        assert len(refusals) == 1 and "not training from it" in refusals[0], output
+        assert "Traceback" not in output
+        assert (ws.root / METRICS).read_text() == ws.cycles[-1].metrics
+        assert not (ws.root / "artifacts" / ".prepared.tmp").exists()
+    finally:
+        shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
+        shutil.move(away, ws.root / "mlruns")
+        # dvc repro re-records a changed .dvc input: cycle.json's hash is what refused it
+        versioning.git(ws.root, "checkout", "--", "parent.dvc")
+        versioning.dvc(ws.root, "checkout", "--force")
+    assert versioning.git(ws.root, "status", "--porcelain") == ""
+
+
+def test_a_clone_pulls_and_reproduces_the_latest_version(ws: Workspace, tmp_path: Path) -> None:
+    # given a clone elsewhere, reading the workspace's DVC remote
+    clone = tmp_path / "clone"
+    versioning.git(tmp_path, "clone", "-q", str(ws.root), str(clone))
+    versioning.dvc(clone, "remote", "modify", "--local", "local", "url", str(ws.root / ".dvc-storage"))
+    # when it pulls, it has every input and output of the last cycle
+    versioning.dvc(clone, "pull")
+    assert (clone / METRICS).read_text() == ws.cycles[-1].metrics
+    # then dvc repro reproduces the latest version's metrics
+    versioning.dvc(clone, "repro", "-f", "--no-run-cache")
+    assert (clone / METRICS).read_text() == ws.cycles[-1].metrics
+    assert sha256(clone / WEIGHTS) == ws.cycles[-1].weights
+    assert not (clone / "mlruns").exists()
