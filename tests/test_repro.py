@@ -8,6 +8,7 @@ long training runs); each case puts the workspace back as it found it.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -48,10 +49,12 @@ def sha256(path: Path) -> str:
 
 
 def dvc_run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """DVC as a person runs it, output kept for the assertions."""
+    """DVC as a person runs it, with ratchet's venv active; output kept for the assertions."""
+    venv = {"PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args],
         cwd=root,
+        env=os.environ | venv,
         capture_output=True,
         text=True,
         timeout=300,
