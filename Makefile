@@ -26,9 +26,10 @@ data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, o
 	$(BIN)/ratchet reference-data .
 	PATH=$(BIN):$$PATH $(BIN)/dvc status data.dvc
 
-repro: data  ## reproduce the committed candidate: dvc repro, then the metrics must match git
+repro: data  ## reproduce the committed candidate: dvc repro, then weights and metrics must match git
 	PATH=$(BIN):$$PATH $(BIN)/dvc repro -f --no-run-cache  # really run: the run cache would restore old outputs
-	git diff --exit-code -- artifacts/eval/metrics.json && echo "metrics reproduced"
+	@# dvc.lock holds the hash of every stage output (the candidate's weights among them)
+	git diff --exit-code -- dvc.lock artifacts/eval && echo "weights and metrics reproduced"
 
 ui: $(STAMP)  ## MLflow UI on the store this workspace uses (MLFLOW_TRACKING_URI, registry.tracking_uri, or mlruns/)
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from pathlib import Path; from ratchet.registry import open_registry; from ratchet.workspace import open_workspace; print(open_registry(open_workspace(Path("."))).tracking_uri)')"
