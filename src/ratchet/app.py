@@ -223,7 +223,7 @@ def review(
     with ws.lock():
         registry = open_registry(ws)
         registry.review(version, Review(action, reason, who, now()))
-        return next(v for v in registry.versions() if v.version == version)
+        return registry.version(version)
 
 
 def history(workspace: Path) -> list[Event]:

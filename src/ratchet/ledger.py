@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, cast
 
 State = Literal["pending", "learned", "held", "dropped"]
 MarkAction = Literal["requeue", "drop"]
@@ -33,14 +33,10 @@ class BatchMark:
     after_version: str | None  # the version whose decision this answers; None: the batch never ran
     strategy: str | None = None  # requeue: the strategy of its next cycle (None: params.yaml's)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
     @staticmethod
-    def from_json(text: str) -> BatchMark:
-        raw = json.loads(text)
+    def from_dict(raw: Mapping[str, str | None]) -> BatchMark:
         return BatchMark(
-            action=raw["action"],
+            action=cast(MarkAction, raw["action"]),
             reason=str(raw["reason"]),
             by=str(raw["by"]),
             at=str(raw["at"]),
@@ -101,7 +97,7 @@ class Restoration:
 def marks_from_json(text: str) -> list[BatchMark]:
     """A batch's marks, oldest first (one mark alone: how they were kept before there could be more)."""
     raw = json.loads(text)
-    return [BatchMark.from_json(json.dumps(r)) for r in (raw if isinstance(raw, list) else [raw])]
+    return [BatchMark.from_dict(r) for r in (raw if isinstance(raw, list) else [raw])]
 
 
 def marks_to_json(marks: Iterable[BatchMark]) -> str:

@@ -679,9 +679,8 @@ class Event:
     """One line of the champion history."""
 
     at: str  # ISO time
-    what: (
-        str  # gate promote / gate reject / promoted / approve / reject / override / rollback / requeue / drop
-    )
+    # gate promote / gate reject / promoted / approve / reject / override / rollback / requeue / drop
+    what: str
     by: str
     versions: str  # "1 -> 2", or the version concerned
     batches: str

@@ -91,7 +91,8 @@ def push(root: Path, what: str) -> str | None:
     """`dvc push` everything the workspace tracks (data.dvc, parent.dvc, the outputs dvc.lock
     names). A note left first makes the next command retry when the push fails or the process
     dies; returns the line to say when it failed, None when all is on the remote."""
-    note = state.directory(root) / Path(state.UNPUSHED).name
+    state.directory(root)
+    note = root / state.UNPUSHED
     note.write_text(what + "\n", encoding="utf-8")
     try:
         dvc(root, "push")
