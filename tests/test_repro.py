@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,3 +172,44 @@ def test_a_clone_pulls_and_reproduces_the_latest_version(ws: Workspace, tmp_path
     assert (clone / METRICS).read_text() == ws.cycles[-1].metrics
     assert sha256(clone / WEIGHTS) == ws.cycles[-1].weights
     assert not (clone / "mlruns").exists()
+
+
+def test_a_moved_copy_retrains_and_reports_from_its_own_store(
+    ws: Workspace, tmp_path: Path, stream_files: dict[str, Path]
+) -> None:
+    # given a copy of the workspace elsewhere, and the original moved away
+    copy = tmp_path / "copy"
+    shutil.copytree(ws.root, copy, symlinks=True)
+    away = ws.root.with_name("ws-away")
+    ws.root.rename(away)
+    try:
+        before = sorted(p.relative_to(away) for p in (away / "mlruns").rglob("*"))
+        # when the copy ingests a batch, runs a cycle and reports
+        app.ingest(copy, stream_files["digits-scrambled"])
+        outcome = app.retrain(copy)
+        assert outcome is not None and outcome.action == "rejected"
+        status = app.status(copy)
+        # then every version reads, the new one among them, its model loads from the copy's store,
+        assert [v.version for v in status.versions][-1] == outcome.version
+        registry = open_registry(open_workspace(copy))
+        checkpoint = registry.download_checkpoint(outcome.version, tmp_path / "download")
+        assert (checkpoint / "weights.pt").is_file()
+        # and no column of the store's tables names the directory it was made in
+        assert _columns_naming(copy / "mlruns" / "mlflow.db", str(ws.root)) == []
+        # and the original's store is untouched
+        assert sorted(p.relative_to(away) for p in (away / "mlruns").rglob("*")) == before
+    finally:
+        away.rename(ws.root)
+
+
+def _columns_naming(db: Path, text: str) -> list[str]:
+    """Every table.column of the sqlite file `db` holding `text` in some row."""
+    found = []
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [r[1] for r in con.execute(f"PRAGMA table_info({table})")]:
+                query = f"SELECT 1 FROM {table} WHERE CAST({column} AS TEXT) LIKE ? LIMIT 1"  # noqa: S608
+                if con.execute(query, (f"%{text}%",)).fetchone():
+                    found.append(f"{table}.{column}")
+    return found

@@ -784,6 +784,8 @@ def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
     local = tracking_uri == ws.tracking_uri
     if ws.tracking_uri in (tracking_uri, registry_uri):  # mlruns/ only for the workspace's own store
         ws.mlruns.mkdir(parents=True, exist_ok=True)
+        if moved_from := follow_move(ws, p.registry.experiment):
+            print(f"workspace moved from {moved_from}: its MLflow store now reads the artifacts beside it")
     return Registry(
         tracking_uri,
         registry_uri,
@@ -792,3 +794,49 @@ def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
         # the local store keeps artifacts beside it; any other store (a server) decides for itself
         artifact_location=ws.artifact_uri if local else None,
     )
+
+
+# Where MLflow's sqlite store (the pinned MLflow 3) writes absolute artifact locations. A workspace's
+# own store keeps its artifacts beside it, under mlruns/artifacts, but these columns name them by the
+# directory the workspace was created in: tests/test_repro.py checks that no other column does.
+ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def follow_move(ws: Workspace, experiment: str) -> str | None:
+    """Point the workspace's own store at the artifacts beside it, when the workspace was moved or
+    copied since the store was made; returns the directory it was made in, None when unmoved.
+
+    Without this a moved workspace fails to read its versions, and a copy reads (and writes!) the
+    original's artifacts. One transaction: a process killed here leaves the store as it was.
+    """
+    import sqlite3
+    from contextlib import closing
+    from urllib.parse import unquote, urlparse
+
+    db = ws.mlruns / "mlflow.db"
+    if not db.is_file():
+        return None
+    with closing(sqlite3.connect(db)) as con, con:
+        query = "SELECT artifact_location FROM experiments WHERE name = ?"
+        row = con.execute(query, (experiment,)).fetchone()
+        suffix = "/artifacts"
+        if row is None or row[0] == ws.artifact_uri or not str(row[0]).endswith(suffix):
+            return None  # unmoved, or a location ratchet did not choose
+        old_uri = str(row[0])[: -len(suffix)]  # file:///old/mlruns
+        new_uri = ws.mlruns.as_uri()
+        old_path, new_path = Path(unquote(urlparse(old_uri).path)), ws.mlruns
+        # the same directory as a URI and as a plain path (MLflow writes both forms)
+        for old, new in ((old_uri, new_uri), (str(old_path), str(new_path))):
+            for table, column in ARTIFACT_COLUMNS:
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 (fixed names)
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old) + 1, old + "/"),
+                )
+    return str(old_path.parent)
