@@ -171,6 +171,13 @@ class TrainParams:
     )
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto | cpu | cuda (bf16 autocast on cuda)")
     deterministic: bool = knob(True, "bitwise-repeatable runs on the same machine: what `dvc repro` checks")
+    threads: int = knob(
+        2,
+        "CPU threads, pinned: the count decides how sums split, so the same value gives the same "
+        "weights on any CPU; 0 = all cores (repeatable on this machine only)",
+        check=_not_negative,
+        why=NOT_NEGATIVE,
+    )
     replay_memory_per_class: int = knob(
         60, "replay: stored training samples per class, class-balanced", check=_not_negative, why=NOT_NEGATIVE
     )

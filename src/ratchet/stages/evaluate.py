@@ -19,6 +19,7 @@ from ratchet.stages import prepare, train
 from ratchet.stages._common import fresh_dir, load_arrays, load_batch_ids, stage_main
 from ratchet.stages.inputs import Cycle
 from ratchet.train.checkpoint import load_checkpoint
+from ratchet.train.feed import pin_threads
 
 # what the output directory holds (dvc.yaml names each: they are small and stay in git)
 METRICS = "metrics.json"  # both models' accuracy per split, class and batch, the gate's numbers
@@ -35,6 +36,7 @@ class Evaluation:
 
 def run(prepared: Path, candidate_dir: Path, out: Path, params: Params) -> Evaluation:
     cycle = Cycle.load(prepared / prepare.CYCLE)
+    pin_threads(params.train.threads)  # predictions as repeatable as the weights
     candidate = load_checkpoint(candidate_dir / train.CHECKPOINT)
     parent = prepared / prepare.PARENT
     champion = load_checkpoint(parent) if parent.is_dir() else None

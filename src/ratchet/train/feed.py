@@ -81,6 +81,13 @@ def select_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def pin_threads(threads: int) -> None:
+    """train.threads: the thread count decides how sums are split, so it decides the last bits of
+    the weights on a CPU; 0 leaves torch's default (one per core)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ratchet.config import TrainParams
 from ratchet.train.checkpoint import Checkpoint
-from ratchet.train.feed import Batch, TrainingSet, seed_everything, select_device
+from ratchet.train.feed import Batch, TrainingSet, pin_threads, seed_everything, select_device
 from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import (
     Classifier,
@@ -73,6 +73,7 @@ def fit(
     if len(labels) == 0:
         raise ValueError("no training samples")
     seed_everything(params.seed, params.deterministic)
+    pin_threads(params.threads)
     device = select_device(params.device)
     use_cuda = device.type == "cuda"
 
