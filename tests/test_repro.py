@@ -8,6 +8,7 @@ long training runs); each case puts the workspace back as it found it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -213,3 +214,24 @@ def _columns_naming(db: Path, text: str) -> list[str]:
                 if con.execute(query, (f"%{text}%",)).fetchone():
                     found.append(f"{table}.{column}")
     return found
+
+
+def test_each_version_records_what_an_audit_needs(ws: Workspace) -> None:
+    import torch
+
+    versions = open_registry(open_workspace(ws.root)).versions()
+    first, second = versions[0], versions[1]
+    # the parent, by content and by run; the run and the version name each other
+    planned = json.loads(versioning.git(ws.root, "show", f"{second.tag('git_commit')}:cycle.json"))
+    assert second.tag("parent_hash") == planned["parent_hash"] and first.tag("parent_hash") == ""
+    assert second.tag("parent_run_id") == first.run_id
+    assert [v.tag("model_version") for v in versions[:2]] == ["1", "2"]
+    # where and with what it trained
+    assert second.tag("env.torch") == torch.__version__
+    assert second.tag("env.threads") == "2" and second.tag("env.device").startswith(("cpu", "NVIDIA"))
+    assert second.tag("code_source") and second.tag("env.python")
+    # and what DVC recorded of its inputs and outputs, as its commit's dvc.lock has it
+    lock = versioning.git(ws.root, "show", f"{second.tag('git_commit')}:dvc.lock")
+    hashes = json.loads(second.tag("dvc_hashes"))
+    assert {"data", "parent", "artifacts/prepared", "artifacts/candidate"} <= set(hashes)
+    assert all(md5 in lock for md5 in hashes.values())

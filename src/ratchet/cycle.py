@@ -29,6 +29,8 @@ from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
+# the libraries whose versions a version's record names (their releases can change the weights)
+LINEAGE_PACKAGES = ("torchvision", "numpy", "mlflow", "dvc")  # and torch
 # every cycle's commit says this (releases before this one did too): how git history counts cycles
 CYCLE_COMMIT = "cycle {id}: candidate for {batches}"
 
@@ -236,6 +238,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())
     history = json.loads((paths.candidate / train.HISTORY).read_text())
     registry = open_registry(ws, params)
+    parent_run = registry.version(cycle.parent_version).run_id if cycle.parent_version else None
     verdict: Verdict = "promote" if decision["promote"] else "reject"
     plots = _draw(registry.versions(), cycle, metrics, verdict, state.directory(ws.root) / "plots")
     rec = CandidateRecord(
@@ -256,8 +259,35 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         checkpoint_dir=paths.candidate / train.CHECKPOINT,
         report_files=[paths.eval / name for name in (evaluate.REPORT, evaluate.METRICS, evaluate.DECISION)],
         plot_files=plots,
+        parent_hash=cycle.parent_hash,
+        parent_run_id=parent_run or None,
+        environment=environment(params),
+        dvc_hashes=versioning.lock_hashes(ws.root),
     )
     return registry.log_candidate(rec)
+
+
+def environment(params: Params) -> dict[str, str]:
+    """What a candidate was trained with, beyond the code and params: an audit's answer to why a
+    repro elsewhere may differ (another torch, a GPU, another thread count)."""
+    import platform
+    from importlib import metadata
+
+    import torch
+
+    from ratchet.train.feed import select_device
+
+    device = select_device(params.train.device)
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {
+        "python": platform.python_version(),
+        **{package: metadata.version(package) for package in LINEAGE_PACKAGES},
+        "torch": torch.__version__,  # with its build (+cpu, +cu130), which the package metadata omits
+        "device": on,
+        # what train.threads pinned; 0 leaves torch's count, which this process reports
+        "threads": str(params.train.threads or torch.get_num_threads()),
+        "deterministic": str(params.train.deterministic).lower(),
+    }
 
 
 def _draw(

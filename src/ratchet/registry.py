@@ -16,8 +16,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +33,7 @@ PREFIX = "ratchet."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
+RUN_VERSION = "model_version"  # the run's tag naming the version it registered
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: its requeues and drops, a JSON list
 # the version tags a reviewer reads in the versions table; everything else is on the run
 DISPLAY = ("verdict", "parent", "strategy", "data", "old accuracy", "new accuracy")
@@ -207,6 +208,11 @@ class CandidateRecord:
     checkpoint_dir: Path
     report_files: Sequence[Path]
     plot_files: Sequence[Path] = ()  # logged under plots/
+    # for an audit: what the parent was, where and with what it trained, what DVC recorded
+    parent_hash: str | None = None  # content hash of the parent's checkpoint, as cycle.json names it
+    parent_run_id: str | None = None  # the MLflow run that made the parent
+    environment: Mapping[str, str] = field(default_factory=dict)  # python, libraries, device, threads
+    dvc_hashes: Mapping[str, str] = field(default_factory=dict)  # path -> md5 of each input and output
 
 
 class Registry:
@@ -465,6 +471,9 @@ class Registry:
         mv = mlflow.register_model(info.model_uri, self.name, tags=display)
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
         faults.reached("retrain:registered")
+        # the run names its version (the version names its run): `repair` adds it should a process die here
+        self.client.set_tag(run_id, PREFIX + RUN_VERSION, str(mv.version))
+        tags[PREFIX + RUN_VERSION] = str(mv.version)
         return VersionInfo(str(mv.version), display | tags, (), rec.summary, run_id)
 
     def _log_model(self, rec: CandidateRecord) -> ModelInfo:
@@ -495,6 +504,9 @@ class Registry:
             "git_commit": rec.git_commit,
             "code_version": code.version,
             "code_source": code.source,
+            "parent_hash": rec.parent_hash or "",
+            "parent_run_id": rec.parent_run_id or "",
+            "dvc_hashes": json.dumps(dict(rec.dvc_hashes), sort_keys=True),
             "strategy": rec.strategy,
             "params_hash": rec.params_hash,
             "decision": rec.verdict,
@@ -502,6 +514,7 @@ class Registry:
             # the candidate on each batch's held-out set: a row of the accuracy matrix later cycles draw
             "per_batch": json.dumps(rec.metrics.candidate.per_batch, sort_keys=True),
         }
+        tags |= {f"env.{k}": v for k, v in rec.environment.items()}
         tags |= rec.metrics.headline().to_tags()
         return {PREFIX + k: v for k, v in tags.items()}
 
@@ -557,6 +570,8 @@ class Registry:
             )
         for v in self.versions():  # what the UI shows, should a process have died before rewriting it
             self._show(v)
+            if v.run_id and v.tags.get(PREFIX + RUN_VERSION) != v.version:
+                self.client.set_tag(v.run_id, PREFIX + RUN_VERSION, v.version)
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
             for run in self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):

@@ -177,3 +177,18 @@ def data_version(root: Path) -> DataVersion:
             break
     last = git(root, "log", "-1", "--format=%H", "--", DATA_DVC).strip()
     return DataVersion(commit=last or "uncommitted", md5=md5)
+
+
+def lock_hashes(root: Path) -> dict[str, str]:
+    """Every path dvc.lock records, each stage's inputs and outputs, with its md5: which data,
+    parent, prepared data and candidate a cycle had, in DVC's own terms (params and metrics have none)."""
+    import yaml  # lazy, as in workspace.stage_paths
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    return {
+        str(entry["path"]): str(entry["md5"])
+        for stage in (lock.get("stages") or {}).values()
+        for kind in ("deps", "outs")
+        for entry in stage.get(kind) or ()
+        if "md5" in entry
+    }
