@@ -235,3 +235,29 @@ def test_each_version_records_what_an_audit_needs(ws: Workspace) -> None:
     hashes = json.loads(second.tag("dvc_hashes"))
     assert {"data", "parent", "artifacts/prepared", "artifacts/candidate"} <= set(hashes)
     assert all(md5 in lock for md5 in hashes.values())
+
+
+def test_a_cycle_whose_remote_is_gone_stands_and_the_next_command_pushes_it(
+    ws: Workspace, tmp_path: Path, stream_files: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a copy of the workspace with a batch ingested, then its DVC remote gone
+    copy = tmp_path / "copy"
+    shutil.copytree(ws.root, copy, symlinks=True)
+    app.ingest(copy, stream_files["digits-scrambled"])
+    (tmp_path / "blocked").write_text("a file: no remote can live under it")
+    versioning.dvc(copy, "remote", "modify", "--local", "local", "url", str(tmp_path / "blocked" / "remote"))
+    caplog.clear()
+    # when a cycle runs (the flow logs what its tasks print)
+    outcome = app.retrain(copy)
+    # then it stands, committed and registered, and the failed push is said in one line
+    assert outcome is not None
+    said = [r.getMessage() for r in caplog.records if "not backed up" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"cycle {outcome.cycle_id} is committed but not backed up (")
+    assert versioning.git(copy, "status", "--porcelain") == ""
+    assert app.status(copy).unpushed == f"cycle {outcome.cycle_id}"
+    # when the remote is back, the next command pushes it all, and nothing waits any more
+    (copy / ".dvc" / "config.local").unlink()
+    assert app.retrain(copy) is None
+    assert f"pushed cycle {outcome.cycle_id} to the DVC remote" in caplog.text
+    assert app.status(copy).unpushed is None
+    assert "in sync" in versioning.dvc(copy, "status", "--cloud")

@@ -109,6 +109,7 @@ class Status:
     batches: list[BatchState]  # every ingested batch, oldest first
     sources: dict[str, str]  # batch id -> the name it was ingested from
     interrupted: Intent | None  # an ingest a killed process left; the next ingest or retrain finishes it
+    unpushed: str | None  # committed but not on the DVC remote yet (a failed push); the next command retries
 
     @property
     def champion(self) -> VersionInfo | None:
@@ -125,7 +126,7 @@ class Status:
 
 def status(workspace: Path) -> Status:
     from ratchet.cycle import ledger
-    from ratchet.data import catalog, journal
+    from ratchet.data import catalog, journal, versioning
     from ratchet.registry import open_registry
 
     ws = open_workspace(workspace)
@@ -138,6 +139,7 @@ def status(workspace: Path) -> Status:
         batches=ledger(ws, registry),
         sources={b.batch_id: b.source_name for b in catalog.list_batches(ws.data_dir)},
         interrupted=journal.pending(ws.root),
+        unpushed=versioning.unpushed(ws.root),
     )
 
 

@@ -211,6 +211,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "champion": {"version": champion.version if champion else None},
             "versions": [v.to_json() for v in now.versions],
             "interrupted_ingest": dataclasses.asdict(now.interrupted) if now.interrupted else None,
+            "unpushed": now.unpushed,
             "batches": [
                 {**dataclasses.asdict(s), "source": now.sources.get(s.batch_id, "")} for s in now.batches
             ],
@@ -224,6 +225,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"interrupted ingest of {i.source} (batch {i.batch_id}, "
             f"{'committed, not pushed' if i.committed else 'not committed'}): "
             "the next `ratchet ingest` or `ratchet retrain` completes or undoes it"
+        )
+    if now.unpushed:
+        print(
+            f"not backed up: {now.unpushed} is committed but not on the DVC remote; the next `ratchet "
+            "ingest` or `ratchet retrain` pushes it (or `dvc push`, once the remote is reachable)"
         )
     counts = Counter(s.state for s in now.batches)
     print("batches: " + ", ".join(f"{counts[k]} {k}" for k in ("learned", "pending", "held", "dropped")))

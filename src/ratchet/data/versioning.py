@@ -108,11 +108,18 @@ def push(root: Path, what: str) -> str | None:
 def push_unpushed(root: Path) -> str | None:
     """Retry the push an earlier command could not finish; what happened in one line, or None when
     nothing was waiting."""
+    what = unpushed(root)
+    if what is None:
+        return None
+    return push(root, what) or f"pushed {what} to the DVC remote (an earlier push had not finished)"
+
+
+def unpushed(root: Path) -> str | None:
+    """What is committed but not yet on the DVC remote (a failed or interrupted push); None if nothing."""
     note = root / state.UNPUSHED
     if not note.is_file():
         return None
-    what = note.read_text(encoding="utf-8").strip() or "the workspace"
-    return push(root, what) or f"pushed {what} to the DVC remote (an earlier push had not finished)"
+    return note.read_text(encoding="utf-8").strip() or "the workspace"
 
 
 def git_config(root: Path, key: str) -> str:
