@@ -319,7 +319,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ratchet import app
-    from ratchet.replay import CLONE, RESULTS, fmt_diff
+    from ratchet.replay import CLONE, RESULTS, fmt_decision, fmt_diff
 
     results = app.replay(args.workspace, args.to, args.into, lambda line: print(line, flush=True))
     print()
@@ -332,7 +332,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 r.result,
                 fmt_diff(r.weights_diff),
                 fmt_diff(r.accuracy_diff),
-                "-" if r.same_decision is None else "same" if r.same_decision else "changed",
+                fmt_decision(r.same_decision),
                 r.note,
             ]
             for r in results

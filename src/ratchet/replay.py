@@ -286,9 +286,13 @@ def describe(r: Replayed) -> str:
         return f"failed: {r.note}{took}"
     return (
         f"differs: weights by up to {fmt_diff(r.weights_diff)}, accuracy by up to "
-        f"{fmt_diff(r.accuracy_diff)}, decision {'same' if r.same_decision else 'changed'}{note}{took}"
+        f"{fmt_diff(r.accuracy_diff)}, decision {fmt_decision(r.same_decision)}{note}{took}"
     )
 
 
 def fmt_diff(value: float | None) -> str:
     return "-" if value is None else "0" if value == 0 else f"{value:.3g}"
+
+
+def fmt_decision(same: bool | None) -> str:
+    return "-" if same is None else "same" if same else "changed"
