@@ -178,7 +178,14 @@ def test_importing_light_modules_has_no_heavy_side_effects(module: str) -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
-ORCHESTRATION = ("ratchet.cycle", "ratchet.app", "ratchet.cli", "ratchet.demo", "ratchet.flows")
+ORCHESTRATION = (
+    "ratchet.cycle",
+    "ratchet.app",
+    "ratchet.cli",
+    "ratchet.demo",
+    "ratchet.flows",
+    "ratchet.replay",
+)
 
 
 def test_stages_import_nothing_from_orchestration() -> None:

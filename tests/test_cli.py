@@ -31,6 +31,7 @@ COMMANDS = [
     "requeue",
     "drop",
     "rollback",
+    "replay",
     "demo",
     "reference-data",
 ]

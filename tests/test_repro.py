@@ -1,7 +1,8 @@
 """git + DVC alone reproduce any cycle: its parent is a DVC-tracked input named by hash in the cycle's
-commit, and everything a cycle produced is on the DVC remote when it ends.
+commit, and everything a cycle produced is on the DVC remote when it ends; `ratchet replay` rebuilds
+the whole chain that way.
 
-One workspace, two cycles of the digits stream (three epochs: reproduction does not depend on how
+One workspace, four cycles of the digits stream (three epochs: reproduction does not depend on how
 long training runs); each case puts the workspace back as it found it.
 """
 
@@ -15,7 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 METRICS = "artifacts/eval/metrics.json"
 WEIGHTS = "artifacts/candidate/checkpoint/weights.pt"
+RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path]) 
     params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 3", params.read_text()))
     versioning.commit(root, ["params.yaml"], "three epochs")
     cycles = []
-    for name in ("digits-0-4", "digits-5-9"):
+    for name in ("digits-0-4", "digits-5-9", "digits-more", "digits-rest"):
         app.ingest(root, stream_files[name])
         outcome = app.retrain(root)
         assert outcome is not None
@@ -91,7 +93,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path]) 
 
 
 def test_a_cycle_commits_its_parent_by_hash_and_pushes_everything(ws: Workspace) -> None:
-    first, second = ws.cycles
+    first = ws.cycles[0]
     # each cycle's commit holds parent.dvc; the second names the first version's checkpoint by hash
     assert "parent.dvc" in versioning.git(ws.root, "show", "--name-only", "--format=", first.commit).split()
     assert Cycle.load(ws.root / "cycle.json").parent_hash == content_hash(ws.root / "parent")
@@ -102,7 +104,7 @@ def test_a_cycle_commits_its_parent_by_hash_and_pushes_everything(ws: Workspace)
 
 
 def test_repro_of_an_earlier_commit_needs_no_registry(ws: Workspace) -> None:
-    first, second = ws.cycles
+    first, second = ws.cycles[0], ws.cycles[1]
     away = ws.root.parent / "mlruns-away"
     shutil.move(ws.root / "mlruns", away)
     try:
@@ -261,3 +263,39 @@ def test_a_cycle_whose_remote_is_gone_stands_and_the_next_command_pushes_it(
     assert f"pushed cycle {outcome.cycle_id} to the DVC remote" in caplog.text
     assert app.status(copy).unpushed is None
     assert "in sync" in versioning.dvc(copy, "status", "--cloud")
+
+
+def test_replay_rebuilds_every_cycle_exactly_with_no_registry(
+    ws: Workspace, run_ratchet: RunRatchet, tmp_path: Path
+) -> None:
+    # given the registry gone
+    away = ws.root.parent / "mlruns-away"
+    shutil.move(ws.root / "mlruns", away)
+    try:
+        # when the whole chain is replayed from git and the DVC remote
+        done = run_ratchet("replay", "-w", str(ws.root), "--into", str(tmp_path / "replay"))
+        assert not (ws.root / "mlruns").exists()  # reading the version numbers created no store
+    finally:
+        shutil.rmtree(ws.root / "mlruns", ignore_errors=True)
+        shutil.move(away, ws.root / "mlruns")
+    # then every cycle, each trained from the parent the replay made, comes out bit for bit
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert done.stdout.splitlines()[-1] == "4 of 4 cycles reproduced exactly", output
+    results = json.loads((tmp_path / "replay" / "replay.json").read_text())["cycles"]
+    assert [r["cycle"]["commit"] for r in results] == [c.commit for c in ws.cycles]
+    assert [(r["result"], r["weights_diff"], r["same_decision"]) for r in results] == [
+        ("exact", 0.0, True)
+    ] * 4
+    assert "Traceback" not in output
+    assert versioning.git(ws.root, "status", "--porcelain") == ""
+
+
+def test_replay_to_an_unknown_cycle_is_refused_in_one_line(
+    ws: Workspace, run_ratchet: RunRatchet, tmp_path: Path
+) -> None:
+    done = run_ratchet("replay", "-w", str(ws.root), "--to", "ffffff", "--into", str(tmp_path / "replay"))
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.startswith("ratchet: error: --to ffffff: no such version")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (tmp_path / "replay").exists()  # refused before any work

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.data.versioning import DataVersion
     from ratchet.ledger import BatchMark, BatchState, MarkAction, ReviewAction
     from ratchet.registry import Event, VersionInfo
+    from ratchet.replay import Replayed
 
 
 def init(
@@ -245,6 +246,15 @@ def rollback(workspace: Path, to: str | None = None, by: str | None = None) -> t
     ws = open_workspace(workspace)
     with ws.lock():
         return open_registry(ws).rollback(to, _who(by))
+
+
+def replay(workspace: Path, to: str | None, into: Path | None, say: Callable[[str], None]) -> list[Replayed]:
+    """Rebuild the workspace's cycles (up to `to`: a version number or cycle id prefix) from git and
+    its DVC remote in a clone under `into` (kept; a temporary directory otherwise), comparing each
+    with its record; `say` hears a line as each cycle starts and ends."""
+    from ratchet import replay as chain
+
+    return chain.replay(open_workspace(workspace), to, into, say)
 
 
 def reference_data(directory: Path, on_batch: Callable[[str, str | None], None] | None = None) -> DataVersion:

@@ -1,5 +1,5 @@
 """The `ratchet` command: init, ingest, retrain, status, approve, reject, override, history, requeue,
-drop, rollback, demo, reference-data.
+drop, rollback, replay, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
 means a bug: it goes to the workspace's .ratchet/ratchet.log, and --debug (or RATCHET_DEBUG=1)
@@ -323,6 +323,34 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ratchet import app
+    from ratchet.replay import CLONE, RESULTS, fmt_decision, fmt_diff
+
+    results = app.replay(args.workspace, args.to, args.into, lambda line: print(line, flush=True))
+    print()
+    print_table(
+        ["cycle", "batches", "result", "weights max diff", "accuracy max diff", "decision", "note"],
+        [
+            [
+                r.cycle.label,
+                r.cycle.batches,
+                r.result,
+                fmt_diff(r.weights_diff),
+                fmt_diff(r.accuracy_diff),
+                fmt_decision(r.same_decision),
+                r.note,
+            ]
+            for r in results
+        ],
+    )
+    if args.into:
+        print(f"\nin {args.into}: the replay's workspace ({CLONE}/) and the results ({RESULTS})")
+    exact = sum(r.result == "exact" for r in results)
+    print(f"{exact} of {len(results)} cycles reproduced exactly")
+    return 0 if exact == len(results) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ratchet.demo import run_demo
     from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
@@ -444,6 +472,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="version to restore (default: the champion's parent)")
     p.add_argument("--by", help="who decides (default: the OS user)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser(
+        "replay",
+        help="rebuild every cycle from git and the DVC remote alone and compare each with its record",
+        description="Clone the workspace, then for each cycle commit of its current branch, oldest "
+        "first: check it out, pull its data, train from the parent this replay rebuilt, and compare "
+        "the candidate's weights, metrics and gate decision with the recorded ones. Needs no MLflow "
+        "registry (when there is one, it names the versions). Exit 0 only if every cycle is exact.",
+    )
+    workspace_arg(p)
+    p.add_argument(
+        "--to", metavar="VERSION_OR_CYCLE", help="stop after this version number or cycle id prefix"
+    )
+    p.add_argument(
+        "--into",
+        type=Path,
+        metavar="DIR",
+        help="keep the replay in DIR (new or empty): the workspace clone and replay.json "
+        "(default: a temporary directory, removed at the end)",
+    )
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
         "demo", help="stream the embedded digits data through the real cycle and print a table"

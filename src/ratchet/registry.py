@@ -788,14 +788,7 @@ def open_registry(ws: Workspace, params: Params | None = None) -> Registry:
     URI came from the environment), else the tracking URI.
     """
     p = params or ws.params()
-    env_tracking = os.environ.get("MLFLOW_TRACKING_URI")
-    tracking_uri = env_tracking or p.registry.tracking_uri or ws.tracking_uri
-    # a tracking URI from the environment overrides params.yaml's registry too: it names the whole store
-    registry_uri = (
-        os.environ.get("MLFLOW_REGISTRY_URI")
-        or (None if env_tracking else p.registry.registry_uri)
-        or tracking_uri
-    )
+    tracking_uri, registry_uri = _store_uris(ws, p)
     local = tracking_uri == ws.tracking_uri
     if ws.tracking_uri in (tracking_uri, registry_uri):  # mlruns/ only for the workspace's own store
         ws.mlruns.mkdir(parents=True, exist_ok=True)
@@ -834,7 +827,7 @@ def follow_move(ws: Workspace, experiment: str) -> str | None:
     from contextlib import closing
     from urllib.parse import unquote, urlparse
 
-    db = ws.mlruns / "mlflow.db"
+    db = ws.registry_db
     if not db.is_file():
         return None
     with closing(sqlite3.connect(db)) as con, con:
@@ -855,3 +848,25 @@ def follow_move(ws: Workspace, experiment: str) -> str | None:
                     (new, len(old) + 1, len(old) + 1, old + "/"),
                 )
     return str(old_path.parent)
+
+
+def existing_registry(ws: Workspace) -> Registry | None:
+    """The workspace's registry for reading only: None when it would be the workspace's own sqlite
+    file and that file is missing (moved away, or never made), since opening it would create it."""
+    p = ws.params()
+    if ws.tracking_uri in _store_uris(ws, p) and not ws.registry_db.is_file():
+        return None
+    return open_registry(ws, p)
+
+
+def _store_uris(ws: Workspace, p: Params) -> tuple[str, str]:
+    """(tracking URI, registry URI), as `open_registry` describes."""
+    env_tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = env_tracking or p.registry.tracking_uri or ws.tracking_uri
+    # a tracking URI from the environment overrides params.yaml's registry too: it names the whole store
+    registry_uri = (
+        os.environ.get("MLFLOW_REGISTRY_URI")
+        or (None if env_tracking else p.registry.registry_uri)
+        or tracking_uri
+    )
+    return tracking_uri, registry_uri

@@ -80,8 +80,12 @@ class Workspace:
         return self.root / "mlruns"
 
     @property
+    def registry_db(self) -> Path:
+        return self.mlruns / "mlflow.db"
+
+    @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlruns / 'mlflow.db'}"
+        return f"sqlite:///{self.registry_db}"
 
     @property
     def artifact_uri(self) -> str:
