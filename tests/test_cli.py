@@ -184,6 +184,7 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         "registry_uri",
         "max_unpacked_bytes",
         "seed",
+        "threads",
         "derpp_alpha",
         "derpp_beta",
         "min_accuracy",
