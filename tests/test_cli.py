@@ -165,8 +165,8 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
     # then it says which keys it added, and added exactly those
     out = capsys.readouterr().out
     added = (
-        "schema, registry.tracking_uri, registry.registry_uri, data.max_unpacked_bytes, train.seed, train.threads, "
-        "train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review"
+        "schema, registry.tracking_uri, registry.registry_uri, data.max_unpacked_bytes, train.seed, "
+        "train.threads, train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review"
     )
     assert f"params.yaml: added {added}" in out
     new = (root / "params.yaml").read_text()

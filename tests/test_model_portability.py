@@ -76,7 +76,11 @@ def test_the_champion_loads_and_predicts_with_only_its_declared_requirements(
     images = stream[0].images[:32, :, :, None]  # uint8 (N, H, W, C), as the signature says
     probe = tmp_path / "probe.npy"
     np.save(probe, images)
-    expected = mlflow.pyfunc.load_model(uri).predict(images)["label"].astype(str).tolist()
+    model = mlflow.pyfunc.load_model(uri)
+    expected = model.predict(images)["label"].astype(str).tolist()
+    # in minibatches of any size, the same predictions (batch_size bounds memory, nothing else)
+    small = model.predict(images, params={"batch_size": 5})
+    assert small["label"].astype(str).tolist() == expected and len(small) == len(images)
 
     requirements = Path(mlflow.pyfunc.get_model_dependencies(uri, format="pip"))
     created = run([sys.executable, "-m", "venv", str(venv_dir)], tmp_path, bare_env())

@@ -765,10 +765,13 @@ def _stage_serving_code(dst: Path) -> Path:
 
 
 def _signature(checkpoint_dir: Path) -> ModelSignature:
-    """What the UI shows and pyfunc enforces: uint8 images (N, H, W, C) in; label, index, confidence out."""
+    """What the UI shows and pyfunc enforces: uint8 images (N, H, W, C) in; label, index, confidence
+    out; an optional batch_size."""
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    from ratchet.serving import BATCH_SIZE
 
     spec = json.loads((checkpoint_dir / "spec.json").read_text())
     size, channels = int(spec["image_size"]), int(spec["in_channels"])
@@ -777,6 +780,8 @@ def _signature(checkpoint_dir: Path) -> ModelSignature:
         outputs=Schema(
             [ColSpec("string", "label"), ColSpec("long", "class_index"), ColSpec("float", "confidence")]
         ),
+        # predict(images, params={"batch_size": n}): images per forward pass, which bounds memory
+        params=ParamSchema([ParamSpec("batch_size", "long", BATCH_SIZE)]),
     )
 
 

@@ -17,12 +17,16 @@ import numpy as np
 from mlflow.pyfunc.model import PythonModel
 
 CHECKPOINT_ARTIFACT = "checkpoint"
+# images per forward pass, unless predict's params say otherwise: memory stays bounded by the
+# minibatch, not by how many images one call hands over
+BATCH_SIZE = 1024
 
 
 class RatchetClassifier(PythonModel):
     """predict(uint8 images (N,H,W,C)) -> DataFrame[label, class_index, confidence].
 
     Through pyfunc the registered signature enforces (N,H,W,C); called directly, (N,H,W) also works.
+    `params={"batch_size": n}` sets the images per forward pass (default `BATCH_SIZE`).
     """
 
     def load_context(self, context: Any) -> None:
@@ -44,14 +48,22 @@ class RatchetClassifier(PythonModel):
         expected = (spec.image_size, spec.image_size, spec.in_channels)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
             raise ValueError(f"expected uint8 images of shape (N, {', '.join(map(str, expected))})")
+        size = int((params or {}).get("batch_size", BATCH_SIZE))
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {size}")
+        model = self.checkpoint.model.eval()
+        indices, confidences = [np.empty(0, np.int64)], [np.empty(0, np.float32)]
         with torch.no_grad():
-            logits = self.checkpoint.model.eval()(preprocess(torch.from_numpy(images.copy())))
-            probs = torch.softmax(logits.float(), dim=1)
-            confidence, index = probs.max(dim=1)
+            for start in range(0, len(images), size):
+                chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + size]))
+                confidence, index = torch.softmax(model(preprocess(chunk)).float(), dim=1).max(dim=1)
+                indices.append(index.numpy())
+                confidences.append(confidence.numpy())
+        index_all = np.concatenate(indices)
         return pd.DataFrame(
             {
-                "label": [spec.classes[i] for i in index.tolist()],
-                "class_index": index.numpy(),
-                "confidence": confidence.numpy(),
+                "label": [spec.classes[i] for i in index_all.tolist()],
+                "class_index": index_all,
+                "confidence": np.concatenate(confidences),
             }
         )

@@ -31,7 +31,7 @@ LEGACY_PIPELINES = frozenset(
     {
         "193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4",
         "0f0f30ee4357c5722bccc31a224b66ae2f4dfb0de47aaac143c1e91465d5ff16",  # prepare read no parent path
-        "b13e46870d6814c332bf1e656edcb57e8be2d341e04515dd22681dea3ef85f39",  # evaluate read no train (threads)
+        "b13e46870d6814c332bf1e656edcb57e8be2d341e04515dd22681dea3ef85f39",  # evaluate: no train
     }
 )
 
