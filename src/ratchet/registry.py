@@ -11,6 +11,8 @@ description lists every change of the champion.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -468,7 +470,10 @@ class Registry:
             run_id = run.info.run_id
         faults.reached("retrain:run-ended")
         display = VersionInfo("", tags, (), "", run_id).display()
-        mv = mlflow.register_model(info.model_uri, self.name, tags=display)
+        # MLflow prints "Registered model ... already exists" and "Created version ..." to stderr
+        # itself, past its logger's level: ratchet says which version it made, once
+        with contextlib.redirect_stderr(io.StringIO()):
+            mv = mlflow.register_model(info.model_uri, self.name, tags=display)
         self.client.update_model_version(self.name, mv.version, description=rec.summary)
         faults.reached("retrain:registered")
         # the run names its version (the version names its run): `repair` adds it should a process die here
