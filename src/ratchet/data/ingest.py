@@ -230,10 +230,10 @@ def _decode_file(
         return f"undecodable: {type(exc).__name__}: {_one_line(exc, path, rel)}"
 
 
-def _folder_candidates(source: Path) -> list[tuple[str, str | None, Path]]:
+def _folder_candidates(source: Path, ready_marker: str | None) -> list[tuple[str, str | None, Path]]:
     """(name relative to source, class or None for root-level entries, path), sorted by name."""
     try:
-        entries = [e for e in source.iterdir() if not e.name.startswith(".")]
+        entries = [e for e in source.iterdir() if not e.name.startswith(".") and e.name != ready_marker]
     except OSError as exc:
         raise InputError(f"{source}: cannot list directory ({_one_line(exc)})") from None
     class_dirs = [e for e in entries if not e.is_symlink() and e.is_dir()]
@@ -254,10 +254,10 @@ def _folder_candidates(source: Path) -> list[tuple[str, str | None, Path]]:
 
 
 def _read_folder(
-    source: Path, params: DataParams, progress: ProgressFn | None
+    source: Path, params: DataParams, progress: ProgressFn | None, ready_marker: str | None
 ) -> tuple[list[_Sample], list[Quarantined], list[tuple[str, Path]], int]:
     """Samples, quarantined entries, quarantined regular files to copy (rel, path), number of entries."""
-    candidates = _folder_candidates(source)
+    candidates = _folder_candidates(source, ready_marker)
     formats = _allowed_formats()
     samples: list[_Sample] = []
     quarantined: list[Quarantined] = []
@@ -499,6 +499,7 @@ def ingest_batch(
     progress: ProgressFn | None = None,
     dropped: Callable[[], set[str]] | None = None,
     before_publish: Callable[[str], None] | None = None,
+    ready_marker: str | None = None,
 ) -> IngestReport:
     """Validate, canonicalise, deduplicate and split `source`; store it as a new batch.
 
@@ -507,11 +508,13 @@ def ingest_batch(
     already ingested. Samples of batches that `dropped()` names do not count as ingested, so a
     relabelled copy of a dropped batch comes in; it is asked only when there are duplicates.
     `before_publish(batch_id)` runs before anything is written (the ingest journal's hook).
+    `ready_marker` names a file beside a folder's class folders that is not part of the batch: the
+    inbox's sign that the folder is complete.
     """
     source = Path(source)
     data_dir = Path(data_dir)
     if source.is_dir():
-        samples, quarantined, copies, total = _read_folder(source, params, progress)
+        samples, quarantined, copies, total = _read_folder(source, params, progress, ready_marker)
     elif source.is_file() and source.suffix.lower() == ".npz":
         samples, quarantined, copies, total = _read_npz(source, params, progress)
     elif not source.exists():
