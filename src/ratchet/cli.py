@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "inbox",
-        help="version every complete batch in the inbox (params.yaml inbox.path), then retrain (Prefect flow)",
+        help="version the complete batches in the inbox (params.yaml inbox.path), then retrain",
         description="Run the Prefect flow ingest-and-retrain once: each complete batch in the inbox, "
         "oldest first, is versioned as `ratchet ingest` does and moved to done/ (refused whole: to "
         "rejected/, beside NAME.reason.txt); batches still being written are left alone. Then, if a "
