@@ -143,7 +143,7 @@ def test_the_flow_versions_complete_batches_sets_bad_ones_aside_and_retrains_onc
     assert versioning.head(root) == head and len(list_batches(root / "data")) == 3
 
 
-@pytest.mark.fault("kill -9 the inbox between versioning a batch and moving it, then run it again")
+@pytest.mark.fault("kill -9 inbox after versioning, then inbox")
 def test_a_batch_versioned_by_a_killed_run_is_moved_by_the_next_not_ingested_twice(
     tmp_path: Path,
     stream_files: dict[str, Path],
