@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ratchet import app, faults
+from ratchet import app, faults, intake
 from ratchet.cli import main
+from ratchet.config import parse_params
 from ratchet.data import versioning
 from ratchet.data.catalog import list_batches
 from ratchet.data.digits import StreamBatch
+from ratchet.errors import InputError
 from ratchet.workspace import init_workspace
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
@@ -174,3 +176,42 @@ def test_a_batch_versioned_by_a_killed_run_is_moved_by_the_next_not_ingested_twi
     assert [b.batch_id for b in list_batches(root / "data")] == [batch]
     assert len([s for s in data_commits(root) if s.startswith("ingest ")]) == 1
     assert run.outcome is not None and run.outcome.batches == (batch,)
+
+
+# ---- without Prefect ----------------------------------------------------------------------------
+
+
+def test_scan_lists_batches_oldest_first_and_never_reads_done_rejected_or_hidden(tmp_path: Path) -> None:
+    # given an inbox with batches of several ages, a batch still being written, an unmarked folder
+    # and what earlier runs left
+    inbox = tmp_path / "incoming"
+    now = time.time()
+    for name, age_s in [("b.npz", 30), ("a.npz", 30), ("old.npz", 90), ("c.npz.tmp", 10), (".x.npz", 5)]:
+        os.utime(drop(Path(__file__), inbox, name, 0), (now - age_s, now - age_s))
+    (inbox / "unmarked" / "cat").mkdir(parents=True)
+    (inbox / "marked" / "cat").mkdir(parents=True)
+    (inbox / "marked" / "_READY").touch()
+    for folder in ("done", "rejected"):
+        (inbox / folder / "z.npz").mkdir(parents=True)
+    # when scanned
+    found = [(a.path.name, a.waiting_for) for a in intake.scan(inbox, "_READY")]
+    # then oldest first (the same age: by name), hidden names and done/, rejected/ left out
+    assert found[:4] == [("old.npz", ""), ("a.npz", ""), ("b.npz", ""), ("c.npz.tmp", "still being written")]
+    assert sorted(found[4:]) == [("marked", ""), ("unmarked", "no _READY in it yet")]
+    assert intake.scan(tmp_path / "nowhere", "_READY") == []
+
+
+def test_an_inbox_inside_data_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_workspace(tmp_path / "ws")
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("  path: incoming", "  path: data/incoming"))
+    assert main(["inbox", "-w", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ratchet: error: params: inbox.path 'data/incoming' is inside data/, which DVC versions"]
+
+
+def test_the_ready_marker_is_a_file_name() -> None:
+    with pytest.raises(InputError, match="inbox.ready_marker must be a file name"):
+        parse_params({"inbox": {"ready_marker": "done/_READY"}})
