@@ -24,7 +24,7 @@ from ratchet.data import versioning
 from ratchet.data.catalog import list_batches
 from ratchet.data.digits import StreamBatch
 from ratchet.errors import InputError
-from ratchet.workspace import init_workspace
+from ratchet.workspace import init_workspace, open_workspace
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -176,6 +176,24 @@ def test_a_batch_versioned_by_a_killed_run_is_moved_by_the_next_not_ingested_twi
     assert [b.batch_id for b in list_batches(root / "data")] == [batch]
     assert len([s for s in data_commits(root) if s.startswith("ingest ")]) == 1
     assert run.outcome is not None and run.outcome.batches == (batch,)
+
+
+def test_a_batch_the_workspace_cannot_take_now_stays_in_the_inbox(
+    tmp_path: Path, stream_files: dict[str, Path], prefect_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a batch in the inbox and another command holding the workspace
+    root = make_workspace(tmp_path / "ws")
+    batch = drop(stream_files["digits-0-4"], root / "incoming", "digits-0-4.npz", age_s=10)
+    # when the inbox runs meanwhile
+    with open_workspace(root).lock():
+        code = main(["inbox", "-w", str(root)])
+    # then the batch is left where it was, said so, with a non-zero exit; nothing versioned, no cycle
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "digits-0-4.npz: left in the inbox for the next run: workspace" in out and "is busy" in out
+    assert "no cycle" in out
+    assert batch.is_file() and not (root / "incoming" / "done").exists()
+    assert list_batches(root / "data") == []
 
 
 # ---- without Prefect ----------------------------------------------------------------------------
