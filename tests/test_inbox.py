@@ -230,6 +230,19 @@ def test_an_inbox_inside_data_is_refused_in_one_line(
     assert err == ["ratchet: error: params: inbox.path 'data/incoming' is inside data/, which DVC versions"]
 
 
+def test_a_corrupted_workspace_is_not_the_batchs_fault(tmp_path: Path, stream_files: dict[str, Path]) -> None:
+    # given a workspace whose one batch lost its manifest, and a good batch in the inbox
+    root = make_workspace(tmp_path / "ws")
+    done = app.ingest(root, stream_files["digits-0-4"])
+    assert done.report.batch_dir is not None
+    (done.report.batch_dir / "manifest.json").unlink()
+    batch = drop(stream_files["digits-5-9"], root / "incoming", "digits-5-9.npz", age_s=10)
+    # when the inbox takes it, the error is the workspace's: the batch is not set aside
+    with pytest.raises(InputError, match="corrupted workspace"):
+        intake.take(open_workspace(root), batch)
+    assert batch.is_file() and not (root / "incoming" / "rejected").exists()
+
+
 def test_the_ready_marker_is_a_file_name() -> None:
     with pytest.raises(InputError, match="inbox.ready_marker must be a file name"):
         parse_params({"inbox": {"ready_marker": "done/_READY"}})

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from ratchet import faults
 from ratchet.atomic import write_text
 from ratchet.config import Params
-from ratchet.errors import InputError, RatchetError
+from ratchet.errors import BatchRefused, InputError, RatchetError
 from ratchet.workspace import Workspace
 
 if TYPE_CHECKING:  # lazy at run time: these import numpy or mlflow
@@ -165,14 +165,15 @@ class InboxRun:
 
 def take(ws: Workspace, batch: Path, say: Callable[[str], None] | None = None) -> Taken:
     """Version one complete batch of the inbox and move it out: to done/, or refused whole to
-    rejected/ with its reason. A RatchetError other than a refusal (git, DVC, the lock) leaves it."""
+    rejected/ with its reason. Any other RatchetError (git, DVC, the lock, a corrupted workspace)
+    leaves it."""
     params = ws.params()
     with ws.lock():  # held across the move: no other command sees the batch versioned and still here
         if not os.path.lexists(batch):
             raise RatchetError(f"{batch.name} is no longer in the inbox (another run took it)")
         try:
             done = ingest(ws, params, batch, recovered=say, ready_marker=params.inbox.ready_marker)
-        except InputError as exc:
+        except BatchRefused as exc:  # the batch's fault; a corrupted workspace's InputError is not
             reason = str(exc).replace(str(batch), batch.name)  # the reason file sits beside it
             taken = Taken(batch.name, "set aside", reason, moved_to=_move(batch, REJECTED, reason))
         else:
