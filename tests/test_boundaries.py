@@ -184,6 +184,7 @@ ORCHESTRATION = (
     "ratchet.cli",
     "ratchet.demo",
     "ratchet.flows",
+    "ratchet.intake",
     "ratchet.replay",
 )
 

@@ -14,6 +14,7 @@ from ratchet.config import (
     SCHEMA,
     DataParams,
     GateParams,
+    InboxParams,
     Params,
     RegistryParams,
     ReviewParams,
@@ -397,10 +398,12 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "registry.registry_uri",
         "data.max_unpacked_bytes",
         "train.seed",
+        "train.threads",
         "train.derpp_alpha",
         "train.derpp_beta",
         "gate.max_label_gap_pt",
         "review",
+        "inbox",
     ]
     old_lines, new_lines = text.splitlines(), new.splitlines()
     inserted = [line for line in new_lines if line not in old_lines]
@@ -410,12 +413,16 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "registry_uri",
         "max_unpacked_bytes",
         "seed",
+        "threads",
         "derpp_alpha",
         "derpp_beta",
         "max_label_gap_pt",
         "review",
         "approval",
         "wait_minutes",
+        "inbox",
+        "path",
+        "ready_marker",
     ]
     it = iter(new_lines)
     assert all(line in it for line in old_lines)  # every old line kept, in order
@@ -440,10 +447,12 @@ def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
         "registry.tracking_uri",
         "registry.registry_uri",
         "data.max_unpacked_bytes",
+        "train.threads",
         "train.derpp_alpha",
         "train.derpp_beta",
         "gate",
         "review",
+        "inbox",
     ]
     assert new.startswith("schema: 2\n")
     assert new.endswith(render_params()[render_params().index("gate:") :])
@@ -477,4 +486,5 @@ def test_the_digest_covers_tunables_not_where_the_stores_are() -> None:
     )
     tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.01))
     reviewed = dataclasses.replace(base, review=ReviewParams(approval="manual", wait_minutes=5.0))
-    assert moved.digest() == base.digest() == reviewed.digest() != tuned.digest()
+    elsewhere = dataclasses.replace(base, inbox=InboxParams(path="/srv/drop", ready_marker="DONE"))
+    assert moved.digest() == base.digest() == reviewed.digest() == elsewhere.digest() != tuned.digest()

@@ -19,9 +19,10 @@ from ratchet.workspace import Workspace, open_workspace
 if TYPE_CHECKING:  # lazy at run time: these import numpy, mlflow or prefect
     from ratchet.cycle import Outcome
     from ratchet.data.catalog import BatchInfo
-    from ratchet.data.ingest import IngestReport, ProgressFn
+    from ratchet.data.ingest import ProgressFn
     from ratchet.data.journal import Intent
     from ratchet.data.versioning import DataVersion
+    from ratchet.intake import InboxRun, Ingested
     from ratchet.ledger import BatchMark, BatchState, MarkAction, ReviewAction
     from ratchet.registry import Event, VersionInfo
     from ratchet.replay import Replayed
@@ -42,12 +43,6 @@ def init(
     return ws, done
 
 
-@dataclass(frozen=True)
-class Ingested:
-    report: IngestReport
-    data_version: DataVersion | None  # None when nothing new came in, or when not versioned
-
-
 def ingest(
     workspace: Path,
     source: Path,
@@ -58,32 +53,14 @@ def ingest(
     """Ingest one batch and (unless told not to) version it with DVC, as one transaction
     (`ratchet.data.journal`). An ingest a killed process left is finished first, and `recovered`
     told what that did."""
-    from ratchet.data import journal, versioning
-    from ratchet.data.ingest import ingest_batch
-    from ratchet.registry import open_registry
+    from ratchet import intake
 
     ws = open_workspace(workspace)
     params = ws.params()
     if not source.exists():
         raise InputError(f"batch not found: {source}")
-
-    def dropped() -> set[str]:
-        # a relabelled copy of a dropped batch is new data: its samples do not count as ingested
-        registry = open_registry(ws, params)
-        registry.ensure_store()
-        return {b for b, mark in registry.batch_marks().items() if mark.action == "drop"}
-
     with ws.lock():
-        if not version:  # regenerating committed data: nothing to record
-            return Ingested(ingest_batch(source, ws.data_dir, params.data, progress, dropped), None)
-        finished = journal.recover(ws.root, ws.data_dir)
-        if finished and recovered is not None:
-            recovered(finished)
-        pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
-        if pushed and recovered is not None:
-            recovered(pushed)
-        report, data_version = journal.ingest(ws.root, ws.data_dir, source, params.data, progress, dropped)
-    return Ingested(report, data_version)
+        return intake.ingest(ws, params, source, progress, version, recovered)
 
 
 def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> Outcome | None:
@@ -100,6 +77,19 @@ def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None)
         workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy, wait_for_review=False
     )
     return outcome
+
+
+def inbox(workspace: Path) -> InboxRun:
+    """Version every complete batch in the workspace's inbox, then, if one was versioned or a batch
+    is pending, run one cycle (the Prefect flow `ingest-and-retrain`)."""
+    from ratchet import intake
+    from ratchet.flows.inbox import ingest_and_retrain
+
+    # fail with one line before starting Prefect
+    ws = open_workspace(workspace)
+    intake.inbox_dir(ws, ws.params())
+    run: InboxRun = ingest_and_retrain(workspace=str(ws.root))
+    return run
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The `ratchet` command: init, ingest, retrain, status, approve, reject, override, history, requeue,
+"""The `ratchet` command: init, ingest, retrain, inbox, status, approve, reject, override, history, requeue,
 drop, rollback, replay, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
@@ -152,9 +152,36 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     with _prefect_output(open_workspace(args.workspace).root, args):
         outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
+    print_cycle(args.workspace, outcome)
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    from ratchet import app
+    from ratchet.flows import inbox  # noqa: F401 - configures Prefect's logging, adjusted next
+    from ratchet.workspace import open_workspace
+
+    with _prefect_output(open_workspace(args.workspace).root, args):
+        run = app.inbox(args.workspace)
+    if not run.batches:
+        print(f"inbox {run.inbox}: empty")
+    for taken in run.batches:
+        print(taken.line())
+    if run.cycle_ran:
+        print_cycle(args.workspace, run.outcome)
+    else:
+        print("no cycle: nothing was versioned and no batch is pending")
+    # a set-aside batch was dealt with; one left in the inbox means git, DVC or the lock failed
+    return 1 if run.with_status("left") else 0
+
+
+def print_cycle(workspace: Path, outcome: Outcome | None) -> None:
+    """What a retrain run did, and what waits for a person."""
+    from ratchet import app
+
     if outcome is not None:
         print(format_outcome(outcome))
-    now = app.status(args.workspace)
+    now = app.status(workspace)
     held, pending = now.in_state("held"), now.in_state("pending")
     if outcome is None and now.awaiting:
         print(
@@ -170,7 +197,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         )
     if pending and outcome is not None:
         print(f"{len(pending)} batch(es) still pending (they asked for another strategy): retrain again")
-    return 0
 
 
 def format_outcome(o: Outcome) -> str:
@@ -428,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="override params.yaml train.strategy for this cycle; " + strategies.help_text(),
     )
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser(
+        "inbox",
+        help="version the complete batches in the inbox (params.yaml inbox.path), then retrain",
+        description="Run the Prefect flow ingest-and-retrain once: each complete batch in the inbox, "
+        "oldest first, is versioned as `ratchet ingest` does and moved to done/ (refused whole: to "
+        "rejected/, beside NAME.reason.txt); batches still being written are left alone. Then, if a "
+        "batch was versioned or one is pending, one cycle runs as `ratchet retrain` does.",
+    )
+    workspace_arg(p)
+    p.set_defaults(func=cmd_inbox)
 
     p = sub.add_parser("status", help="the champion and every version with lineage, metrics and reasons")
     workspace_arg(p)

@@ -328,6 +328,25 @@ class ReviewParams:
     )
 
 
+def _file_name(name: str) -> bool:
+    return "/" not in name and name not in (".", "..")
+
+
+@dataclass(frozen=True)
+class InboxParams:
+    path: str = knob(
+        "incoming",
+        "where upstream drops new batches (relative to the workspace, or absolute); outside data/",
+    )
+    ready_marker: str = knob(
+        "_READY",
+        "a batch directory is complete once it holds a file of this name; an .npz is complete as it "
+        "appears (write it under a name starting with . or ending in .tmp or .part, then rename it)",
+        check=_file_name,
+        why="must be a file name, not a path",
+    )
+
+
 @dataclass(frozen=True)
 class Params:
     registry: RegistryParams = section(RegistryParams)
@@ -344,6 +363,10 @@ class Params:
     )
     # not a stage's input: who decides after the gate changes no candidate, so dvc.yaml names none
     review: ReviewParams = section(ReviewParams)
+    # not a tunable either: where batches arrive changes no candidate
+    inbox: InboxParams = section(
+        InboxParams, 'The inbox of `ratchet inbox` and the ingest-and-retrain flow (README "Inbox").'
+    )
 
     def digest(self) -> str:
         """Short stable hash of every tunable: the `params_hash` lineage tag and part of a cycle's id.
@@ -352,6 +375,7 @@ class Params:
         for where in ("tracking_uri", "registry_uri"):
             del tunables["registry"][where]
         del tunables["review"]  # who approves changes no candidate
+        del tunables["inbox"]  # nor does where batches arrive
         blob = json.dumps(tunables, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -18,3 +18,8 @@ class InputError(RatchetError):
     """Bad input (a batch, a params file, an argument): refused whole, nothing written."""
 
     exit_code = 2
+
+
+class BatchRefused(InputError):
+    """A batch refused whole (structurally wrong, or nothing in it usable): nothing written. Not a
+    workspace's problem: the inbox sets such a batch aside and goes on."""

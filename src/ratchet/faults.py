@@ -1,4 +1,5 @@
-"""Kill points: the step boundaries of ingest and retrain, where the fault suite stops ratchet dead.
+"""Kill points: the step boundaries of ingest, retrain and the inbox, where the fault suite stops
+ratchet dead.
 
 `RATCHET_KILL_AT=<point>` makes the process SIGKILL itself on reaching that point (nothing runs
 after it: no finally, no atexit), which is what a power cut or the OOM killer does. The suite then
@@ -39,7 +40,10 @@ RETRAIN_POINTS: tuple[str, ...] = (
     "retrain:alias-moved",  # @champion points at it, its outcome not yet written
     "retrain:outcome-set",
 )
-POINTS = frozenset(INGEST_POINTS + RETRAIN_POINTS)
+INBOX_POINTS: tuple[str, ...] = (
+    "inbox:versioned",  # a batch of the inbox is versioned and pushed, still in the inbox
+)
+POINTS = frozenset(INGEST_POINTS + RETRAIN_POINTS + INBOX_POINTS)
 
 
 def reached(point: str) -> None:

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from ratchet import faults
 from ratchet.config import DataParams
 from ratchet.data.catalog import batches_dir, known_hashes, list_batches
-from ratchet.errors import InputError
+from ratchet.errors import BatchRefused
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 # Pillow could not identify a file: with one of these suffixes it is a broken image, otherwise the
@@ -230,22 +230,22 @@ def _decode_file(
         return f"undecodable: {type(exc).__name__}: {_one_line(exc, path, rel)}"
 
 
-def _folder_candidates(source: Path) -> list[tuple[str, str | None, Path]]:
+def _folder_candidates(source: Path, ready_marker: str | None) -> list[tuple[str, str | None, Path]]:
     """(name relative to source, class or None for root-level entries, path), sorted by name."""
     try:
-        entries = [e for e in source.iterdir() if not e.name.startswith(".")]
+        entries = [e for e in source.iterdir() if not e.name.startswith(".") and e.name != ready_marker]
     except OSError as exc:
-        raise InputError(f"{source}: cannot list directory ({_one_line(exc)})") from None
+        raise BatchRefused(f"{source}: cannot list directory ({_one_line(exc)})") from None
     class_dirs = [e for e in entries if not e.is_symlink() and e.is_dir()]
     if not class_dirs:
-        raise InputError(f"{source}: no class sub-folders (expected one folder of images per class)")
+        raise BatchRefused(f"{source}: no class sub-folders (expected one folder of images per class)")
     candidates: list[tuple[str, str | None, Path]] = []
     for entry in entries:
         if entry in class_dirs:
             try:
                 files = [f for f in entry.iterdir() if not f.name.startswith(".")]
             except OSError as exc:
-                raise InputError(f"{entry}: cannot list class folder ({_one_line(exc)})") from None
+                raise BatchRefused(f"{entry}: cannot list class folder ({_one_line(exc)})") from None
             candidates += [(f"{entry.name}/{f.name}", entry.name, f) for f in files]
         else:
             candidates.append((entry.name, None, entry))
@@ -254,10 +254,10 @@ def _folder_candidates(source: Path) -> list[tuple[str, str | None, Path]]:
 
 
 def _read_folder(
-    source: Path, params: DataParams, progress: ProgressFn | None
+    source: Path, params: DataParams, progress: ProgressFn | None, ready_marker: str | None
 ) -> tuple[list[_Sample], list[Quarantined], list[tuple[str, Path]], int]:
     """Samples, quarantined entries, quarantined regular files to copy (rel, path), number of entries."""
-    candidates = _folder_candidates(source)
+    candidates = _folder_candidates(source, ready_marker)
     formats = _allowed_formats()
     samples: list[_Sample] = []
     quarantined: list[Quarantined] = []
@@ -289,12 +289,12 @@ def _npz_array(npz: np.lib.npyio.NpzFile, key: str, source: Path) -> np.ndarray:
         return npz[key]
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "bject arrays" in str(exc):
-            raise InputError(
+            raise BatchRefused(
                 f"{source}: key {key!r} holds a pickled object array, which is refused"
             ) from None
-        raise InputError(f"{source}: key {key!r} is unreadable ({_one_line(exc)})") from None
+        raise BatchRefused(f"{source}: key {key!r} is unreadable ({_one_line(exc)})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source}: key {key!r} is unreadable ({_one_line(exc)})") from None
+        raise BatchRefused(f"{source}: key {key!r} is unreadable ({_one_line(exc)})") from None
 
 
 def _string_array(arr: np.ndarray, key: str, source: Path) -> np.ndarray:
@@ -302,32 +302,32 @@ def _string_array(arr: np.ndarray, key: str, source: Path) -> np.ndarray:
         try:
             return arr.astype(np.str_)
         except UnicodeDecodeError:
-            raise InputError(f"{source}: {key} holds bytes that are not ASCII text") from None
+            raise BatchRefused(f"{source}: {key} holds bytes that are not ASCII text") from None
     return arr
 
 
 def _npz_labels(labels: np.ndarray, classes: np.ndarray | None, n: int, source: Path) -> list[str]:
     if labels.ndim != 1 or labels.shape[0] != n:
-        raise InputError(
+        raise BatchRefused(
             f"{source}: labels must be 1-D with one entry per image ({n}), got shape {labels.shape}"
         )
     if classes is not None:
         if classes.ndim != 1 or classes.dtype.kind not in "US":
-            raise InputError(
+            raise BatchRefused(
                 f"{source}: classes must be a 1-D string array, got {classes.dtype} {classes.shape}"
             )
         class_list = [str(c) for c in _string_array(classes, "classes", source)]
         if any(not c for c in class_list):
-            raise InputError(f"{source}: classes contains an empty class name")
+            raise BatchRefused(f"{source}: classes contains an empty class name")
         if len(set(class_list)) != len(class_list):
-            raise InputError(f"{source}: classes contains a class name twice")
+            raise BatchRefused(f"{source}: classes contains a class name twice")
     if labels.dtype.kind in "iu":
         if classes is None:
             return [str(int(v)) for v in labels]
         bad = np.flatnonzero((labels < 0) | (labels >= len(class_list)))
         if bad.size:
             i = int(bad[0])
-            raise InputError(
+            raise BatchRefused(
                 f"{source}: labels[{i}] = {int(labels[i])} is out of range for {len(class_list)} classes"
             )
         return [class_list[int(v)] for v in labels]
@@ -335,11 +335,11 @@ def _npz_labels(labels: np.ndarray, classes: np.ndarray | None, n: int, source: 
         names = [str(v) for v in _string_array(labels, "labels", source)]
         for i, name in enumerate(names):
             if not name:
-                raise InputError(f"{source}: labels[{i}] is an empty class name")
+                raise BatchRefused(f"{source}: labels[{i}] is an empty class name")
             if classes is not None and name not in class_list:
-                raise InputError(f"{source}: labels[{i}] = {name!r} is not one of classes")
+                raise BatchRefused(f"{source}: labels[{i}] = {name!r} is not one of classes")
         return names
-    raise InputError(f"{source}: labels must be integers or strings, got {labels.dtype}")
+    raise BatchRefused(f"{source}: labels must be integers or strings, got {labels.dtype}")
 
 
 def _unpacked_bytes(source: Path) -> int:
@@ -356,7 +356,7 @@ def _unpacked_bytes(source: Path) -> int:
         unknown = sorted(set(members) - set(_NPZ_KEYS))
         if unknown or len(members) > len(set(members)):
             shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-            raise InputError(
+            raise BatchRefused(
                 f"{source}: unknown key(s) {shown or '(a name repeated)'} in {len(members)} arrays "
                 f"(known: {', '.join(_NPZ_KEYS)})"
             )
@@ -377,41 +377,41 @@ def _read_npz(
     source: Path, params: DataParams, progress: ProgressFn | None
 ) -> tuple[list[_Sample], list[Quarantined], list[tuple[str, Path]], int]:
     if not zipfile.is_zipfile(source):
-        raise InputError(f"{source}: not a valid .npz file (not a zip archive)")
+        raise BatchRefused(f"{source}: not a valid .npz file (not a zip archive)")
     try:
         unpacked = _unpacked_bytes(source)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
+        raise BatchRefused(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
     if unpacked > params.max_unpacked_bytes:
-        raise InputError(
+        raise BatchRefused(
             f"{source}: its arrays unpack to {unpacked} bytes, more than data.max_unpacked_bytes "
             f"({params.max_unpacked_bytes}): refused unread"
         )
     try:
         npz = np.load(source, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
+        raise BatchRefused(f"{source}: not a valid .npz file ({_one_line(exc)})") from None
     with npz:
         for key in ("images", "labels"):
             if key not in npz.files:
-                raise InputError(f"{source}: missing key {key!r}")
+                raise BatchRefused(f"{source}: missing key {key!r}")
         images = _npz_array(npz, "images", source)
         labels = _npz_array(npz, "labels", source)
         classes = _npz_array(npz, "classes", source) if "classes" in npz.files else None
 
     if images.dtype != np.uint8:
-        raise InputError(f"{source}: images must be uint8, got {images.dtype}")
+        raise BatchRefused(f"{source}: images must be uint8, got {images.dtype}")
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] in (1, 3, 4))):
-        raise InputError(
+        raise BatchRefused(
             f"{source}: images must have shape (N,H,W) or (N,H,W,C) with C in 1,3,4, got {images.shape}"
         )
     n, height, width = images.shape[:3]
     if n == 0:
-        raise InputError(f"{source}: images holds no samples")
+        raise BatchRefused(f"{source}: images holds no samples")
     if height == 0 or width == 0:
-        raise InputError(f"{source}: images have zero size {height}x{width}")
+        raise BatchRefused(f"{source}: images have zero size {height}x{width}")
     if height * width > params.max_image_pixels:
-        raise InputError(
+        raise BatchRefused(
             f"{source}: images are {width}x{height} = {width * height} pixels "
             f"> max_image_pixels {params.max_image_pixels}"
         )
@@ -499,31 +499,36 @@ def ingest_batch(
     progress: ProgressFn | None = None,
     dropped: Callable[[], set[str]] | None = None,
     before_publish: Callable[[str], None] | None = None,
+    ready_marker: str | None = None,
 ) -> IngestReport:
     """Validate, canonicalise, deduplicate and split `source`; store it as a new batch.
 
-    Raises InputError (writing nothing) when the source is structurally wrong or nothing in it is
+    Raises BatchRefused (writing nothing) when the source is structurally wrong or nothing in it is
     usable. Returns a report with `batch_id=None` (writing nothing) when every usable sample was
     already ingested. Samples of batches that `dropped()` names do not count as ingested, so a
     relabelled copy of a dropped batch comes in; it is asked only when there are duplicates.
     `before_publish(batch_id)` runs before anything is written (the ingest journal's hook).
+    `ready_marker` names a file beside a folder's class folders that is not part of the batch: the
+    inbox's sign that the folder is complete.
     """
     source = Path(source)
     data_dir = Path(data_dir)
     if source.is_dir():
-        samples, quarantined, copies, total = _read_folder(source, params, progress)
+        samples, quarantined, copies, total = _read_folder(source, params, progress, ready_marker)
     elif source.is_file() and source.suffix.lower() == ".npz":
         samples, quarantined, copies, total = _read_npz(source, params, progress)
     elif not source.exists():
-        raise InputError(f"source not found: {source}")
+        raise BatchRefused(f"source not found: {source}")
     else:
-        raise InputError(f"{source}: unknown source kind (expected a class-folder directory or an .npz file)")
+        raise BatchRefused(
+            f"{source}: unknown source kind (expected a class-folder directory or an .npz file)"
+        )
 
     if not samples:
         if not quarantined:
-            raise InputError(f"nothing usable in {source}: its class folders hold no files")
+            raise BatchRefused(f"nothing usable in {source}: its class folders hold no files")
         first = quarantined[0]
-        raise InputError(
+        raise BatchRefused(
             f"nothing usable in {source}: {total} files, all quarantined "
             f"(first: {first.source}: {first.reason})"
         )

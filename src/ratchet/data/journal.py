@@ -49,6 +49,7 @@ def ingest(
     params: DataParams,
     progress: ProgressFn | None = None,
     dropped: Callable[[], set[str]] | None = None,
+    ready_marker: str | None = None,
 ) -> tuple[IngestReport, DataVersion | None]:
     """Ingest `source` and record it whole; (report, None) when nothing in it was new."""
     intent: Intent | None = None
@@ -60,7 +61,9 @@ def ingest(
         faults.reached("ingest:journal-written")
 
     try:
-        report = ingest_batch(source, data_dir, params, progress, dropped, before_publish=begin)
+        report = ingest_batch(
+            source, data_dir, params, progress, dropped, before_publish=begin, ready_marker=ready_marker
+        )
     except BaseException:
         if intent is not None:
             _roll_back(root, data_dir, intent)

@@ -1,0 +1,69 @@
+"""The inbox flow: version every complete batch upstream dropped in the inbox, then retrain.
+
+Each batch is its own task (`intake.take`, the ingest `ratchet ingest` runs), oldest first, so a
+batch refused whole is set aside with its reason while the others go on. Then, if a batch was
+versioned or one is pending, the retrain flow runs as a subflow. The only parameter is the
+workspace: where the inbox is and what marks a batch complete are in its params.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment
+
+from ratchet import intake
+from ratchet.errors import RatchetError
+from ratchet.workspace import Workspace, open_workspace
+
+from .retrain import retrain
+
+
+@task(name="version-batch", task_run_name="version {batch.name}", cache_policy=NO_CACHE)
+def take_task(ws: Workspace, batch: Path) -> intake.Taken:
+    return intake.take(ws, batch, say=print)
+
+
+@task(name="pending", cache_policy=NO_CACHE)
+def pending_task(ws: Workspace) -> list[str]:
+    return intake.pending(ws)
+
+
+@flow(name="ingest-and-retrain", log_prints=True)
+def ingest_and_retrain(workspace: str = ".") -> intake.InboxRun:
+    """Take the inbox's complete batches, oldest first, then run one cycle if there is anything to
+    train on; returns what became of each batch and the cycle's outcome."""
+    ws = open_workspace(Path(workspace))
+    params = ws.params()
+    inbox = intake.inbox_dir(ws, params)
+    taken: list[intake.Taken] = []
+    for arrival in intake.scan(inbox, params.inbox.ready_marker):
+        name = arrival.path.name
+        if arrival.waiting_for:  # left alone, untouched, until upstream finishes it
+            taken.append(intake.Taken(name, "waiting", arrival.waiting_for))
+            continue
+        try:
+            taken.append(take_task(ws, arrival.path))
+        except RatchetError as exc:  # git, DVC or the lock, not the batch: it stays for the next run
+            print(f"{name}: left in the inbox for the next run: {exc}")
+            taken.append(intake.Taken(name, "left", str(exc)))
+    if not any(t.status == "versioned" for t in taken) and not pending_task(ws):
+        print("no cycle: nothing was versioned and no batch is pending")
+        return intake.InboxRun(inbox, tuple(taken), cycle_ran=False, outcome=None)
+    # a scheduled run has nobody at a terminal: like the retrain flow's deployments, it may pause
+    # for a reviewer in the Prefect UI; `ratchet inbox` never does
+    outcome = retrain(workspace=str(ws.root), wait_for_review=deployment.get_id() is not None)
+    return intake.InboxRun(inbox, tuple(taken), cycle_ran=True, outcome=outcome)
+
+
+if __name__ == "__main__":
+    # `python -m ratchet.flows.inbox WORKSPACE` serves the flow every ten minutes
+    import sys
+
+    ingest_and_retrain.serve(
+        name="ratchet-inbox-every-10-minutes",
+        interval=600,
+        parameters={"workspace": sys.argv[1] if len(sys.argv) > 1 else "."},
+    )
