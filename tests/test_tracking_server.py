@@ -1,0 +1,198 @@
+"""The whole cycle against a real MLflow tracking server on PostgreSQL, with proxied artifacts.
+
+The same three batches (digits 0-4, digits 5-9, then scrambled labels the gate must reject) run
+through a workspace on its own sqlite store and through one whose MLFLOW_TRACKING_URI names the
+server. On CPU in deterministic mode both train bit for bit the same, so the server must record the
+same decisions and metrics; then the commands a person runs (status, history, rollback) and a
+version's load through `models:/<name>@champion` must work over REST alone. A second workspace on
+the same server, under another model name, must not see the first one's versions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ratchet import app
+from ratchet.cli import main
+from ratchet.cycle import Outcome
+from ratchet.data import versioning
+from ratchet.data.digits import StreamBatch
+from ratchet.registry import open_registry
+from ratchet.workspace import init_workspace, open_workspace
+from services import MlflowServer
+
+pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
+
+STREAM = ("digits-0-4", "digits-5-9", "digits-scrambled")
+ACTIONS = ["promoted", "promoted", "rejected"]
+METRICS = "artifacts/eval/metrics.json"
+
+
+@dataclass(frozen=True)
+class Streamed:
+    root: Path
+    outcomes: list[Outcome]
+    metrics: list[str]  # metrics.json after each cycle
+    seconds: list[float]  # ingest + retrain, per cycle
+
+
+def new_workspace(root: Path, model_name: str) -> Path:
+    init_workspace(root, model_name=model_name)
+    params = root / "params.yaml"
+    # three epochs: the comparison needs the same training, not a good model
+    params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 3", params.read_text()))
+    versioning.commit(root, ["params.yaml"], "three epochs")
+    return root
+
+
+def run_stream(root: Path, files: dict[str, Path]) -> Streamed:
+    outcomes, metrics, seconds = [], [], []
+    for name in STREAM:
+        started = time.monotonic()
+        app.ingest(root, files[name])
+        outcome = app.retrain(root)
+        seconds.append(time.monotonic() - started)
+        assert outcome is not None, f"no cycle ran for {name}"
+        outcomes.append(outcome)
+        metrics.append((root / METRICS).read_text())
+    return Streamed(root, outcomes, metrics, seconds)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path]) -> Streamed:
+    """The stream through a workspace on its own sqlite store: the reference."""
+    root = new_workspace(tmp_path_factory.mktemp("local") / "ws", "server-it")
+    return run_stream(root, stream_files)
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+    stream_files: dict[str, Path],
+    mlflow_server: MlflowServer,
+    local: Streamed,
+) -> Streamed:
+    """The same stream through a workspace whose MLFLOW_TRACKING_URI names the server."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+        root = new_workspace(tmp_path_factory.mktemp("served") / "ws", "server-it")
+        streamed = run_stream(root, stream_files)
+    print(
+        "\nseconds per cycle (ingest + retrain), local sqlite vs tracking server: "
+        + ", ".join(f"{a:.1f} vs {b:.1f}" for a, b in zip(local.seconds, streamed.seconds, strict=True))
+        + f"; mean {np.mean(local.seconds):.1f} vs {np.mean(streamed.seconds):.1f}"
+        + f" (PostgreSQL + server up in {mlflow_server.seconds_to_start:.1f} s)"
+    )
+    return streamed
+
+
+@pytest.fixture()
+def on_server(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    return mlflow_server.url
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> object:
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_server_records_the_same_cycles_as_a_local_store(
+    served: Streamed, local: Streamed, on_server: str
+) -> None:
+    assert [o.action for o in local.outcomes] == ACTIONS
+    assert [o.action for o in served.outcomes] == ACTIONS
+    for here, there in zip(local.outcomes, served.outcomes, strict=True):
+        assert (there.version, there.parent, there.batches) == (here.version, here.parent, here.batches)
+        assert there.metrics == here.metrics  # the candidate's and champion's headline accuracies
+        assert there.reasons == here.reasons  # the gate's sentences carry every number it used
+    assert served.metrics == local.metrics
+
+    registry = open_registry(open_workspace(served.root))
+    assert registry.tracking_uri == on_server
+    versions = registry.versions()
+    assert [v.version for v in versions] == ["1", "2", "3"]  # one version per cycle
+    assert [v.action for v in versions] == ACTIONS
+    # the record and the six display tags made it through the REST store
+    assert versions[2].tag("decision") == "reject"
+    assert versions[2].display()["verdict"].startswith("rejected")
+    assert versions[1].tags["parent"] == "1"
+
+
+def test_champion_is_the_last_promoted_version(served: Streamed, on_server: str) -> None:
+    champion = open_registry(open_workspace(served.root)).champion()
+    assert champion is not None and champion.version == "2"
+
+
+def test_status_and_history_read_the_server(
+    served: Streamed, on_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = cli_json(capsys, "status", "-w", str(served.root))
+    assert isinstance(status, dict)
+    assert status["champion"] == {"version": "2"}
+    assert [v["status"] for v in status["versions"]] == ["promoted earlier", "champion", "rejected"]
+    events = cli_json(capsys, "history", "-w", str(served.root))
+    assert isinstance(events, list)
+    assert [(e["what"], e["versions"]) for e in events if e["what"] != "gate promote"][:3] == [
+        ("promoted", "- -> 1"),
+        ("promoted", "1 -> 2"),
+        ("gate reject", "3"),
+    ]
+
+
+def test_the_champion_loads_and_predicts_through_the_server(
+    served: Streamed, on_server: str, stream: list[StreamBatch]
+) -> None:
+    import mlflow.pyfunc
+
+    registry = open_registry(open_workspace(served.root))
+    source = registry.client.get_model_version(registry.name, "2").source
+    # the proxied store: nothing names a path on the server's disk
+    assert not source.startswith(("/", "file:")), source
+    model = mlflow.pyfunc.load_model(f"models:/{registry.name}@champion")
+    batch = next(b for b in stream if b.name == "digits-5-9")
+    predicted = model.predict(batch.images[:64, :, :, None])  # uint8 (N, H, W, C), as the signature says
+    assert list(predicted.columns) == ["label", "class_index", "confidence"]
+    accuracy = float(np.mean(predicted["label"].astype(str).to_numpy() == batch.labels[:64].astype(str)))
+    assert accuracy > 0.5, accuracy
+
+
+def test_another_workspace_on_the_server_sees_only_its_own_model(
+    served: Streamed,
+    mlflow_server: MlflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    stream_files: dict[str, Path],
+) -> None:
+    # named in params.yaml this time, not by the environment
+    root = new_workspace(tmp_path_factory.mktemp("other") / "ws", "other-it")
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("tracking_uri: null", f"tracking_uri: {mlflow_server.url}"))
+    assert open_registry(open_workspace(root)).tracking_uri == mlflow_server.url
+    assert app.status(root).versions == []
+    assert app.history(root) == []
+    app.ingest(root, stream_files["digits-0-4"])
+    outcome = app.retrain(root)
+    assert outcome is not None and (outcome.version, outcome.action) == ("1", "promoted")
+    assert [v.version for v in app.status(root).versions] == ["1"]
+
+
+def test_rollback_moves_the_champion_back(
+    served: Streamed, on_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # last in the module: it changes the champion the cases above read
+    assert main(["rollback", "-w", str(served.root), "--by", "tester"]) == 0
+    registry = open_registry(open_workspace(served.root))
+    champion = registry.champion()
+    assert champion is not None and champion.version == "1"
+    assert registry.version("2").status == "rolled back"
+    events = cli_json(capsys, "history", "-w", str(served.root))
+    assert isinstance(events, list)
+    assert (events[-1]["what"], events[-1]["versions"], events[-1]["by"]) == ("rollback", "2 -> 1", "tester")
