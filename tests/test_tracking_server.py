@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,11 @@ from ratchet.cli import main
 from ratchet.cycle import Outcome
 from ratchet.data import versioning
 from ratchet.data.digits import StreamBatch
-from ratchet.registry import open_registry
+from ratchet.ledger import BatchMark, Review
+from ratchet.registry import TEXT_LIMIT, Registry, now, open_registry
 from ratchet.workspace import init_workspace, open_workspace
 from services import MlflowServer
+from test_registry import record
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
@@ -182,6 +184,54 @@ def test_another_workspace_on_the_server_sees_only_its_own_model(
     outcome = app.retrain(root)
     assert outcome is not None and (outcome.version, outcome.action) == ("1", "promoted")
     assert [v.version for v in app.status(root).versions] == ["1"]
+
+
+def server_registry(server: MlflowServer, model_name: str) -> Registry:
+    return Registry(server.url, server.url, model_name, "ratchet")
+
+
+def test_texts_that_grow_stay_within_the_servers_columns(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    """PostgreSQL refuses what SQLite let through: descriptions and registered-model tags over 5000."""
+    registry = server_registry(mlflow_server, "limits-it")
+    for n, verdict, parent in ((1, "promote", None), (2, "promote", "1"), (3, "reject", "2")):
+        registry.log_candidate(replace(record(tmp_path, f"c-{n}"), verdict=verdict, parent_version=parent))
+    registry.promote("1", expected_parent=None)
+    registry.promote("2", expected_parent="1")
+    registry.reject("3")
+    # a champion history longer than a description holds: the newest rows, and where the rest are
+    for _ in range(15):
+        for to in ("1", "2"):
+            registry.rollback(to, by="reviewer " + "x" * 150)
+    description = registry.client.get_registered_model(registry.name).description
+    assert len(description) <= TEXT_LIMIT
+    assert description.endswith("earlier changes: `ratchet history` lists every one.")
+    assert "| rollback | reviewer" in description
+    # a person's long reason on a version (the champion is 2 again, version 3's parent)
+    registry.review("3", Review("override", "because " + "y" * 6000, "reviewer", now()))
+    assert registry.version("3").description.startswith("Gate overridden by reviewer")
+    # a batch's marks, more than one tag holds, escapes included; an overlong reason is cut
+    for n in range(30):
+        registry.mark_batch("b001-0000", BatchMark("requeue", f"{n} " + "\u00e9" * 300, "me", now(), None))
+    registry.mark_batch("b001-0000", BatchMark("drop", "z" * 6000, "me", now(), "3"))
+    marks = registry.batch_mark_history()["b001-0000"]
+    assert [m.reason.split(" ")[0] for m in marks[:-1]] == [str(n) for n in range(30)]
+    assert marks[-1].action == "drop" and marks[-1].reason.startswith("zzz")
+    tags = registry.client.get_registered_model(registry.name).tags
+    assert all(len(v) <= TEXT_LIMIT for v in tags.values()) and len(tags) > 1
+
+
+def test_repair_leaves_another_models_cycle_on_the_server_alone(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    mine, theirs = server_registry(mlflow_server, "mine-it"), server_registry(mlflow_server, "theirs-it")
+    experiment = mine.ensure_store()
+    assert theirs.ensure_store() == experiment  # the same experiment name: the same experiment
+    # another workspace's cycle, in flight now
+    running = mine.client.create_run(experiment, tags={"ratchet.model": "theirs-it"}).info.run_id
+    assert mine.repair() == []
+    assert mine.client.get_run(running).info.status == "RUNNING"
+    assert theirs.repair() == [f"run {running}: left running by a stopped process, marked FAILED"]
+    assert mine.client.get_run(running).info.status == "FAILED"
 
 
 def test_rollback_moves_the_champion_back(
