@@ -18,8 +18,9 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)  ## the embedded digits stream through the real cycle, in a throwaway workspace
 	$(BIN)/ratchet demo
 
-test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test
+test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test and PostgreSQL for the tracking-server tests
 	@sh .ci/chromium
+	@sh .ci/postgresql
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, offline

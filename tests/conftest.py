@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from ratchet.data.digits import StreamBatch, digits_stream
+from services import MlflowServer, Unavailable
+from services import mlflow_server as start_mlflow_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +72,19 @@ def prefect_server() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on a real PostgreSQL, with proxied artifacts, for the session's tests
+    marked `services`; both stop when the session ends, failed tests or not. Skips, saying why in one
+    line, where PostgreSQL cannot be provided (`make test` installs it as root on Debian)."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    try:
+        with start_mlflow_server(home / "artifacts", home / "server.log") as server:
+            yield server
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

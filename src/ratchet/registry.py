@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -36,10 +36,16 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 RUN_VERSION = "model_version"  # the run's tag naming the version it registered
+RUN_MODEL = "model"  # the run's tag naming the registered model it is a cycle of
 BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: its requeues and drops, a JSON list
 # the version tags a reviewer reads in the versions table; everything else is on the run
 DISPLAY = ("verdict", "parent", "strategy", "data", "old accuracy", "new accuracy")
 MODEL_DESCRIPTION = "Managed by ratchet: the champion only moves forward."
+# MLflow's SQL stores keep registered-model and version descriptions and registered-model tag values
+# in VARCHAR(5000) columns. SQLite ignores the length; PostgreSQL (and MySQL) refuse a longer value, so
+# against a tracking server on PostgreSQL an unbounded text fails the write. Texts that grow (the
+# champion history, a batch's marks, a person's reason) are kept within it.
+TEXT_LIMIT = 5000
 # What a registered version runs when it is loaded and asked to predict, so that it loads where ratchet
 # is not installed: these ratchet modules (paths under the package) travel inside the model as its
 # code, copied from the ratchet that trained it; these packages, pinned, are its pip requirements.
@@ -397,17 +403,30 @@ class Registry:
 
     def batch_mark_history(self) -> dict[str, list[BatchMark]]:
         """Every requeue and drop of each batch that has one, oldest first."""
-        model = self.client.get_registered_model(self.name)
         return {
-            key.removeprefix(BATCH_MARK): marks_from_json(value)
-            for key, value in (model.tags or {}).items()
-            if key.startswith(BATCH_MARK)
+            batch: [mark for text in chunks for mark in marks_from_json(text)]
+            for batch, chunks in self._mark_tags().items()
         }
 
+    def _mark_tags(self) -> dict[str, list[str]]:
+        """Each batch's mark tags, in order: `<batch>` holds the first marks, `<batch>.<n>` the n-th
+        chunk after them (batch ids have no dot)."""
+        found: dict[str, dict[int, str]] = {}
+        for key, value in (self.client.get_registered_model(self.name).tags or {}).items():
+            if key.startswith(BATCH_MARK):
+                batch, _, n = key.removeprefix(BATCH_MARK).partition(".")
+                found.setdefault(batch, {})[int(n or 0)] = value
+        return {batch: [chunks[n] for n in sorted(chunks)] for batch, chunks in found.items()}
+
     def mark_batch(self, batch_id: str, mark: BatchMark) -> None:
-        # appended, never replaced: a batch requeued twice keeps both
-        marks = [*self.batch_mark_history().get(batch_id, []), mark]
-        self.client.set_registered_model_tag(self.name, BATCH_MARK + batch_id, marks_to_json(marks))
+        # appended, never replaced: a batch requeued twice keeps both. A tag holds TEXT_LIMIT characters,
+        # so the marks fill numbered tags in turn; a chunk is written only when it changed
+        stored = self._mark_tags().get(batch_id, [])
+        marks = [m for text in stored for m in marks_from_json(text)]
+        for n, text in enumerate(_chunk_marks([*marks, _fit_mark(mark)])):
+            if n >= len(stored) or stored[n] != text:
+                key = BATCH_MARK + batch_id + (f".{n}" if n else "")
+                self.client.set_registered_model_tag(self.name, key, text)
 
     def download_checkpoint(self, version: str, dst: Path) -> Path:
         """The version's checkpoint directory (weights, spec, replay memory), copied under `dst`."""
@@ -434,7 +453,10 @@ class Registry:
         exp_id = self.ensure_store()
         tags = self._record(rec)
         headline = rec.metrics.headline()
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}") as run:
+        # the model's name from the start: workspaces sharing a server can share the experiment too,
+        # and `repair` must tell its own runs from another workspace's cycle in flight
+        owner = {PREFIX + RUN_MODEL: self.name}
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"cycle {rec.cycle_id}", tags=owner) as run:
             faults.reached("retrain:run-started")
             mlflow.set_tags(tags)
             mlflow.log_params({**rec.params, "strategy": rec.strategy, "batches": ",".join(rec.new_batches)})
@@ -474,7 +496,7 @@ class Registry:
         # itself, past its logger's level: ratchet says which version it made, once
         with contextlib.redirect_stderr(io.StringIO()):
             mv = mlflow.register_model(info.model_uri, self.name, tags=display)
-        self.client.update_model_version(self.name, mv.version, description=rec.summary)
+        self.client.update_model_version(self.name, mv.version, description=_fit(rec.summary))
         faults.reached("retrain:registered")
         # the run names its version (the version names its run): `repair` adds it should a process die here
         self.client.set_tag(run_id, PREFIX + RUN_VERSION, str(mv.version))
@@ -580,6 +602,8 @@ class Registry:
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None:
             for run in self.client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                if run.data.tags.get(PREFIX + RUN_MODEL, self.name) != self.name:
+                    continue  # another model's cycle, running now, on a shared server (untagged: made here)
                 self.client.set_tag(
                     run.info.run_id, PREFIX + "failed", "the process stopped during the cycle"
                 )
@@ -613,7 +637,7 @@ class Registry:
         self._write(version, "review", review.to_json())
         if not found.description.startswith(review.sentence()):
             self.client.update_model_version(
-                self.name, version, description=f"{review.sentence()}\n\n{found.description}"
+                self.name, version, description=_fit(f"{review.sentence()}\n\n{found.description}")
             )
         if review.action == "reject":
             self._drop_alias(CHALLENGER, version)
@@ -648,22 +672,27 @@ class Registry:
     def _describe_model(self) -> None:
         """The registered model's description: every change of the champion, newest first."""
         changes = [e for e in history(self.versions(), {}) if e.what in CHAMPION_CHANGES]
-        rows = [
-            f"| {e.at[:19].replace('T', ' ')} | {e.what} | {e.by} | {e.versions} | {e.reason} |"
-            for e in changes
+        head = [
+            MODEL_DESCRIPTION,
+            "",
+            "Champion history, newest first:",
+            "",
+            "| when (UTC) | what | by | versions | reason |",
+            "|---|---|---|---|---|",
         ]
-        text = "\n".join(
-            [
-                MODEL_DESCRIPTION,
-                "",
-                "Champion history, newest first:",
-                "",
-                "| when (UTC) | what | by | versions | reason |",
-                "|---|---|---|---|---|",
-            ]
-            + rows[::-1]
-        )
-        self.client.update_registered_model(self.name, description=text)
+        # the newest changes that fit in the store's TEXT_LIMIT; `ratchet history` keeps every one
+        room = TEXT_LIMIT - sum(len(line) + 1 for line in head) - 100  # 100: the line on what is left out
+        rows: list[str] = []
+        for e in reversed(changes):
+            when, reason = e.at[:19].replace("T", " "), _fit(e.reason, 200)
+            row = f"| {when} | {e.what} | {e.by} | {e.versions} | {reason} |"
+            room -= len(row) + 1
+            if room < 0:
+                break
+            rows.append(row)
+        if left := len(changes) - len(rows):
+            rows += ["", f"{left} earlier changes: `ratchet history` lists every one."]
+        self.client.update_registered_model(self.name, description="\n".join(head + rows))
 
     def rollback(self, to_version: str | None, by: str = "") -> tuple[str, str]:
         """Point @champion back at an earlier promoted version (default: the champion's parent)."""
@@ -734,6 +763,32 @@ def history(versions: Sequence[VersionInfo], marks: dict[str, list[BatchMark]]) 
         for mark in batch_marks:
             events.append(Event(mark.at, mark.action, mark.by, mark.after_version or "-", batch, mark.reason))
     return sorted(events, key=lambda e: e.at)
+
+
+def _fit(text: str, limit: int = TEXT_LIMIT) -> str:
+    """`text` cut to at most `limit` characters, the cut marked."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _fit_mark(mark: BatchMark) -> BatchMark:
+    """The mark, its reason cut until its JSON fits in one tag (escapes can make it longer than the text)."""
+    keep = len(mark.reason)
+    fitted = mark
+    while len(marks_to_json([fitted])) > TEXT_LIMIT and keep > 1:
+        keep = keep * 3 // 4
+        fitted = replace(mark, reason=_fit(mark.reason, keep))
+    return fitted
+
+
+def _chunk_marks(marks: Sequence[BatchMark]) -> list[str]:
+    """A batch's marks, oldest first, as JSON lists of whole marks, each at most TEXT_LIMIT long.
+    Every chunk but the last is full, so earlier chunks never change as marks are added."""
+    chunks: list[list[BatchMark]] = [[]]
+    for mark in marks:
+        if chunks[-1] and len(marks_to_json([*chunks[-1], mark])) > TEXT_LIMIT:
+            chunks.append([])
+        chunks[-1].append(mark)
+    return [marks_to_json(c) for c in chunks]
 
 
 def _record_tags(tags: dict[str, str]) -> dict[str, str]:
