@@ -896,6 +896,8 @@ def follow_move(ws: Workspace, experiment: str) -> str | None:
     if not db.is_file():
         return None
     with closing(sqlite3.connect(db)) as con, con:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'experiments'").fetchone():
+            return None  # an empty file (a store emptied, or not made yet): MLflow makes the tables
         query = "SELECT artifact_location FROM experiments WHERE name = ?"
         row = con.execute(query, (experiment,)).fetchone()
         suffix = "/artifacts"
