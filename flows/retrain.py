@@ -75,7 +75,7 @@ def retrain(
     with ws.lock():
         cycle = plan_task(ws, strategy)
         if cycle is None:
-            print("nothing to train on: no batch is pending (held and dropped batches wait for a person)")
+            print(cyc.NOTHING_PENDING)
             return None
         # a version registered for this exact cycle means an earlier run crashed after recording it
         version = find_task(ws, cycle)

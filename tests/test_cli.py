@@ -13,6 +13,7 @@ import pytest
 
 from ratchet.cli import build_parser, main
 from ratchet.config import render_params
+from ratchet.cycle import NOTHING_PENDING
 from ratchet.data import versioning
 from ratchet.workspace import init_workspace
 
@@ -108,12 +109,10 @@ def test_unknown_strategy_is_refused(workspace: Path, capsys: pytest.CaptureFixt
     assert "unknown strategy 'magic'" in capsys.readouterr().err
 
 
-def test_retrain_with_no_batches_says_so(
-    workspace: Path, prefect_server: str, run_ratchet: RunRatchet
-) -> None:
-    done = run_ratchet("retrain", "-w", str(workspace), api_url=prefect_server)
+def test_retrain_with_no_batches_says_so(workspace: Path, run_ratchet: RunRatchet) -> None:
+    done = run_ratchet("retrain", "-w", str(workspace))
     assert done.returncode == 0, done.stderr
-    assert "nothing new to train on" in done.stdout
+    assert done.stdout.splitlines() == [NOTHING_PENDING, "nothing new to train on"]
 
 
 def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
@@ -139,7 +138,21 @@ def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
     assert "epoch  12" in said and "images/s" in said and "version 1 promoted" in said
     assert "Beginning flow run" not in said and "Finished in state" not in said
     assert "Finished in state Completed" in (root / ".ratchet" / "ratchet.log").read_text()
-    assert "Finished in state Completed" in retrain("--verbose")  # nothing new: the flow still runs
+    # nothing new: answered before Prefect is imported (so no temporary server either), even with
+    # no Prefect server to talk to, in the same words the flow used
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", "--verbose", "retrain", "-w", str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [NOTHING_PENDING, "nothing new to train on"]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "ratchet.registry" in imported and "prefect" not in imported
+    assert "temporary server" not in done.stderr
 
 
 # ---- init on an existing workspace, init with the image size ---------------------------------

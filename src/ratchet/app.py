@@ -63,6 +63,20 @@ def ingest(
         return intake.ingest(ws, params, source, progress, version, recovered)
 
 
+def settle(workspace: Path, strategy: str | None = None) -> bool:
+    """Whether a retrain would run a cycle now. Does the housekeeping a cycle's plan does first
+    (`cycle.would_train`), under the lock, without Prefect; says NOTHING_PENDING when False, as the
+    flow would have."""
+    from ratchet import cycle
+
+    ws = open_workspace(workspace)
+    with ws.lock():
+        needed = cycle.would_train(ws, strategy)
+    if not needed:
+        print(cycle.NOTHING_PENDING)
+    return needed
+
+
 def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> Outcome | None:
     """One cycle (the Prefect flow) over the pending batches; None when nothing is pending."""
     from ratchet.flows.retrain import retrain as flow

@@ -147,10 +147,17 @@ def _prefect_output(workspace: Path | None, args: argparse.Namespace) -> Iterato
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from ratchet import app
-    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
     from ratchet.workspace import open_workspace
 
-    with _prefect_output(open_workspace(args.workspace).root, args):
+    root = open_workspace(args.workspace).root
+    # with nothing to train on, the answer comes without Prefect (whose temporary server alone takes
+    # seconds); a cycle runs in the flow, as a scheduled run does
+    if not app.settle(args.workspace, args.strategy):
+        print_cycle(args.workspace, None)
+        return 0
+    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
+
+    with _prefect_output(root, args):
         outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     print_cycle(args.workspace, outcome)
     return 0

@@ -33,6 +33,8 @@ from ratchet.workspace import Workspace
 LINEAGE_PACKAGES = ("torchvision", "numpy", "mlflow", "dvc")  # and torch
 # every cycle's commit says this (releases before this one did too): how git history counts cycles
 CYCLE_COMMIT = "cycle {id}: candidate for {batches}"
+# what a retrain says when `plan` finds nothing to train on (the flow and `ratchet retrain`'s fast path)
+NOTHING_PENDING = "nothing to train on: no batch is pending (held and dropped batches wait for a person)"
 
 
 def make_cycle(
@@ -78,6 +80,38 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     asked for another to the next cycle.
     """
     params = ws.params()
+    registry = _settled(ws, params, strategy)
+    cycle = next_cycle(ws, registry, params, strategy)
+    if cycle is None:
+        return None
+    if ws.upgrade_pipeline():
+        print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
+    champion = registry.champion()
+    with tempfile.TemporaryDirectory() as download:
+        checkpoint = registry.download_checkpoint(champion.version, Path(download)) if champion else None
+        cycle = dataclasses.replace(cycle, parent_hash=track_parent(ws, checkpoint))
+    cycle.save(ws.stage_paths().cycle)
+    faults.reached("retrain:planned")
+    return cycle
+
+
+def would_train(ws: Workspace, strategy: str | None = None) -> bool:
+    """Whether `plan` would make a cycle now: plan's own first half (the same housekeeping, which it
+    does here, then the same choice), stopping before anything a cycle alone does. Under the lock.
+
+    `ratchet retrain` asks this before starting Prefect: with nothing to train on it answers here,
+    in seconds. False is final; True hands over to the flow, whose `plan` repeats the housekeeping
+    (by then nothing is left to do) and makes the cycle.
+    """
+    params = ws.params()
+    registry = _settled(ws, params, strategy)
+    return next_cycle(ws, registry, params, strategy) is not None
+
+
+def _settled(ws: Workspace, params: Params, strategy: str | None) -> Registry:
+    """What comes before choosing a cycle: the strategy checked, the registry opened and found whole,
+    what a killed process left finished (half-done registry records, an ingest, a push), and data/
+    found to be the version data.dvc records."""
     if strategy is not None:
         strategies.check(strategy)
     registry = open_registry(ws, params)
@@ -97,6 +131,12 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
             "it; restore it with `dvc checkout --force data`"
         )
+    return registry
+
+
+def next_cycle(ws: Workspace, registry: Registry, params: Params, strategy: str | None) -> Cycle | None:
+    """The cycle the pending batches make now (its parent not yet tracked), or None: none pending,
+    or under manual approval a challenger still awaiting review (said in one line). Writes nothing."""
     if params.review.approval == "manual":
         waiting = [v.version for v in registry.versions() if v.action == "challenger"]
         if waiting:
@@ -110,7 +150,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     chosen = strategy or pending[0].strategy or params.train.strategy
     if strategy is None:
         pending = [s for s in pending if (s.strategy or params.train.strategy) == chosen]
-    cycle = make_cycle(
+    return make_cycle(
         [s.batch_id for s in pending],
         champion.tag_list("batches_seen") if champion else [],
         champion.version if champion else None,
@@ -118,14 +158,6 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
         params,
         {s.batch_id: s.retry_of for s in pending if s.retry_of is not None},
     )
-    if ws.upgrade_pipeline():
-        print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
-    with tempfile.TemporaryDirectory() as download:
-        checkpoint = registry.download_checkpoint(champion.version, Path(download)) if champion else None
-        cycle = dataclasses.replace(cycle, parent_hash=track_parent(ws, checkpoint))
-    cycle.save(ws.stage_paths().cycle)
-    faults.reached("retrain:planned")
-    return cycle
 
 
 def track_parent(ws: Workspace, checkpoint: Path | None) -> str | None:
