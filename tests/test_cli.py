@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ratchet import state
 from ratchet.cli import build_parser, main
 from ratchet.config import render_params
 from ratchet.cycle import NOTHING_PENDING
@@ -113,6 +114,25 @@ def test_retrain_with_no_batches_says_so(workspace: Path, run_ratchet: RunRatche
     done = run_ratchet("retrain", "-w", str(workspace))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [NOTHING_PENDING, "nothing new to train on"]
+
+
+def test_retrain_with_nothing_to_train_on_still_does_plans_housekeeping(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a workspace with no batch, where an earlier command could not push what it committed
+    root = tmp_path / "ws"
+    init_workspace(root)
+    state.directory(root)
+    (root / state.UNPUSHED).write_text("cycle abc\n")
+    # when retrain finds nothing to train on (answered without the flow)
+    assert main(["retrain", "-w", str(root)]) == 0
+    # then the push was retried and said, as the flow's plan does, before the usual lines
+    assert capsys.readouterr().out.splitlines() == [
+        "pushed cycle abc to the DVC remote (an earlier push had not finished)",
+        NOTHING_PENDING,
+        "nothing new to train on",
+    ]
+    assert not (root / state.UNPUSHED).exists()
 
 
 def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
