@@ -65,8 +65,8 @@ def ingest(
 
 def settle(workspace: Path, strategy: str | None = None) -> bool:
     """Whether a retrain would run a cycle now. Does the housekeeping a cycle's plan does first
-    (`cycle.would_train`), under the lock, without Prefect; says NOTHING_PENDING when False, as the
-    flow would have. A refusal on the way (data/ changed, a lost registry, a busy workspace) is left
+    (`cycle.would_train`, which prints what it did, as the flow's plan does), under the lock, without
+    Prefect. A refusal on the way (data/ changed, a lost registry, a busy workspace) is left
     to the flow, whose plan meets it again and reports it as any failed run: True."""
     from ratchet import cycle
     from ratchet.train import strategies
@@ -80,8 +80,6 @@ def settle(workspace: Path, strategy: str | None = None) -> bool:
             needed = cycle.would_train(ws, strategy)
     except RatchetError:
         return True
-    if not needed:
-        print(cycle.NOTHING_PENDING)
     return needed
 
 

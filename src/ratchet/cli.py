@@ -153,6 +153,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     # with nothing to train on, the answer comes without Prefect (whose temporary server alone takes
     # seconds); a cycle runs in the flow, as a scheduled run does
     if not app.settle(args.workspace, args.strategy):
+        from ratchet.cycle import NOTHING_PENDING
+
+        print(NOTHING_PENDING)  # the flow's line
         print_cycle(args.workspace, None)
         return 0
     from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
