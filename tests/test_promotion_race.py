@@ -1,0 +1,156 @@
+"""Two workers on one registered model of a real tracking server (PostgreSQL behind `mlflow server`),
+racing where ratchet must not interleave: registering the same cycle, and promoting two candidates
+evaluated against the same champion.
+
+Each worker is a thread with a Registry of its own (its own REST client), as two machines would have.
+A barrier at the critical point holds the first worker there until the second reaches it too, so
+without the guard both always pass their check before either writes (the `guarded=False` cases show
+the race is really run: a duplicate version, two promotions). With the guard the second worker cannot
+reach the point while the first holds the lock: the barrier times out, the first writes, and the
+second then finds what the first did and refuses in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ratchet.errors import RatchetError
+from ratchet.registry import Registry, VersionInfo
+from services import MlflowServer
+from test_registry import record
+
+pytestmark = pytest.mark.services
+
+MEET = 3.0  # seconds the first worker waits at the barrier for the second
+
+
+def race(*calls: Callable[[], object]) -> list[object]:
+    """Run the calls at once, one thread each; what each returned, or the RatchetError it raised."""
+    results: list[object] = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def work(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = calls[n]()
+        except RatchetError as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def meet_after(monkeypatch: pytest.MonkeyPatch, method: str, stagger: float = 0.0) -> None:
+    """Make `Registry.<method>` (a check) wait, once it has run, until the other worker has run it
+    too, or MEET seconds; then the worker that met second goes on `stagger` seconds later."""
+    original = getattr(Registry, method)
+    barrier = threading.Barrier(2)
+
+    def checked_then_meet(self: Registry, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)
+        try:
+            if barrier.wait(timeout=MEET) == 0:
+                time.sleep(stagger)
+        except threading.BrokenBarrierError:
+            pass  # the other worker cannot come: it waits for the lock this one holds
+        return result
+
+    monkeypatch.setattr(Registry, method, checked_then_meet)
+
+
+def unguarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextlib.contextmanager
+    def no_guard(self: Registry, what: str, ttl: float = 0, wait: float = 0) -> Iterator[None]:
+        yield
+
+    monkeypatch.setattr(Registry, "guard", no_guard)
+
+
+def workers(server: MlflowServer, name: str) -> tuple[Registry, Registry]:
+    first, second = (Registry(server.url, server.url, name, "ratchet") for _ in range(2))
+    first.ensure_store()
+    return first, second
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
+def test_the_same_cycle_is_registered_once(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    first, second = workers(mlflow_server, f"race-register-{guarded}")
+    if not guarded:
+        unguarded(monkeypatch)
+    meet_after(monkeypatch, "find_cycle")  # both have looked for the cycle's version, found none
+    # two workspaces finishing the same cycle: the same id, each its own checkpoint
+    candidates = [record(tmp_path / str(n), "c-same") for n in (1, 2)]
+    results = race(lambda: first.register_cycle(candidates[0]), lambda: second.register_cycle(candidates[1]))
+    versions = first.client.search_model_versions(f"name='{first.name}'")
+    if not guarded:  # the interleaving the guard prevents really happens here
+        assert len(versions) == 2 and all(isinstance(r, VersionInfo) for r in results)
+        return
+    assert [str(v.version) for v in versions] == ["1"]
+    registered = [r for r in results if isinstance(r, VersionInfo)]
+    refused = [str(r) for r in results if isinstance(r, RatchetError)]
+    assert [v.version for v in registered] == ["1"]
+    assert refused == [
+        "cycle c-same is already registered as version 1 by another worker: not registering it again"
+    ]
+    assert first.client.search_registered_models(f"name='{first.lock_name}'") == []  # released
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
+def test_two_candidates_of_one_champion_promote_once(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded: bool
+) -> None:
+    first, second = workers(mlflow_server, f"race-promote-{guarded}")
+    first.log_candidate(record(tmp_path, "c-1"))
+    first.promote("1", expected_parent=None)
+    for cycle_id in ("c-2", "c-3"):  # two candidates, both evaluated against champion 1
+        first.log_candidate(replace(record(tmp_path, cycle_id), parent_version="1"))
+    if not guarded:
+        unguarded(monkeypatch)
+    # both have checked that @champion is still 1; the one that met second then sets it later
+    meet_after(monkeypatch, "_check_parent", stagger=0.5)
+    results = race(
+        lambda: first.promote("2", expected_parent="1"), lambda: second.promote("3", expected_parent="1")
+    )
+    promoted = [v for v in first.versions() if v.action == "promoted" and v.version != "1"]
+    if not guarded:  # both were recorded as promoted: one of them silently lost @champion
+        assert len(promoted) == 2 and results == [None, None]
+        return
+    assert len(promoted) == 1
+    winner = promoted[0].version
+    champion = first.champion()
+    assert champion is not None and champion.version == winner
+    loser = "3" if winner == "2" else "2"
+    assert [str(r) for r in results if isinstance(r, RatchetError)] == [
+        f"not promoting version {loser}: version {winner}, evaluated against the same champion 1, "
+        "was promoted first"
+    ]
+    assert first.version(loser).action is None  # left unapplied, its batches still pending
+
+
+def test_an_expired_lock_left_by_a_dead_worker_is_broken(mlflow_server: MlflowServer) -> None:
+    first, second = workers(mlflow_server, "race-expired")
+    dead = first.guard("registering a cycle", ttl=0.5)
+    dead.__enter__()  # a worker that took the lock and died: it never leaves
+    first._held = None
+    with pytest.raises(RatchetError, match="is busy: .* has been registering a cycle since"):
+        with second.guard("promoting", wait=0.2):
+            pass
+    time.sleep(0.6)
+    with second.guard("promoting", wait=0.2):
+        held = second._lock_tags()
+        assert held is not None and held["what"] == "promoting"
+    assert second._lock_tags() is None
