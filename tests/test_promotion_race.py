@@ -13,6 +13,8 @@ second then finds what the first did and refuses in one line.
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -154,3 +156,17 @@ def test_an_expired_lock_left_by_a_dead_worker_is_broken(mlflow_server: MlflowSe
         held = second._lock_tags()
         assert held is not None and held["what"] == "promoting"
     assert second._lock_tags() is None
+
+
+def test_a_lock_left_by_an_ended_process_of_this_machine_is_broken_at_once(
+    mlflow_server: MlflowServer,
+) -> None:
+    first, second = workers(mlflow_server, "race-killed")
+    gone = subprocess.Popen(["true"])  # noqa: S607
+    gone.wait()
+    # what a worker killed -9 mid-registration leaves: a lock an hour from expiry, its process gone
+    tags = {"holder": f"{socket.gethostname()}:{gone.pid}:x", "what": "registering", "since": "-"}
+    first.client.create_registered_model(first.lock_name, tags=tags | {"expires": str(time.time() + 3600)})
+    with second.guard("promoting", wait=0.2):
+        held = second._lock_tags()
+        assert held is not None and held["what"] == "promoting"

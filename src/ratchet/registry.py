@@ -304,8 +304,8 @@ class Registry:
         """Hold the model's lock (`LOCK_SUFFIX`) while `what` runs: the steps that must not interleave
         with another worker's on the same registered model (finding-or-registering a cycle's version,
         checking the champion and moving it). Waits up to `wait` seconds for another holder; a lock
-        past its expiry (`ttl` after it was taken) is broken as left by a dead process. Re-entering
-        on the same Registry holds nothing more."""
+        past its expiry (`ttl` after it was taken), or held by an ended process of this machine, is
+        broken as left by a dead one (`_abandoned`). Re-entering on the same Registry holds nothing more."""
         if self._held is not None:
             yield
             return
@@ -337,7 +337,7 @@ class Registry:
                 continue  # released between the two requests
             if held.get("holder") == token:
                 return token  # a retried request whose first attempt had taken it
-            if _float(held.get("expires")) < time.time():
+            if _abandoned(held):
                 self._break(held)
                 continue
             if time.monotonic() > deadline:
@@ -365,9 +365,10 @@ class Registry:
             raise
 
     def _break(self, stale: dict[str, str]) -> None:
-        """Remove an expired lock, and only that one: it is renamed aside first (a rename, like the
-        create, succeeds for one worker only), then deleted if it is still the expired holder's. A
-        fresh lock that another worker took between the look and the rename is put back."""
+        """Remove an abandoned lock (`_abandoned`), and only that one: it is renamed aside first (a
+        rename, like the create, succeeds for one worker only), then deleted if it is still the
+        abandoned holder's. A fresh lock that another worker took between the look and the rename is
+        put back."""
         from mlflow.exceptions import MlflowException
 
         aside = f"{self.lock_name}.broken.{uuid.uuid4().hex[:12]}"
@@ -944,6 +945,24 @@ def _chunk_marks(marks: Sequence[BatchMark]) -> list[str]:
 
 def _record_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k.startswith(PREFIX)}
+
+
+def _abandoned(lock: Mapping[str, str]) -> bool:
+    """Whether a lock's holder is gone: past its expiry, or a process of this machine that has ended
+    (a worker killed mid-cycle here is known dead at once; one on another machine, at the expiry)."""
+    if _float(lock.get("expires")) < time.time():
+        return True
+    host, _, rest = lock.get("holder", "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process, alive
+        return False
+    return False
 
 
 def _float(text: str | None) -> float:
