@@ -8,13 +8,19 @@ without the guard both always pass their check before either writes (the `guarde
 the race is really run: a duplicate version, two promotions). With the guard the second worker cannot
 reach the point while the first holds the lock: the barrier times out, the first writes, and the
 second then finds what the first did and refuses in one line.
+
+Last, the whole thing end to end: two workspaces with the same data, each a real `ratchet retrain`
+process, meeting after training, just before they register.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +29,13 @@ from pathlib import Path
 
 import pytest
 
+from ratchet import app
 from ratchet.errors import RatchetError
-from ratchet.registry import Registry, VersionInfo
+from ratchet.registry import Registry, VersionInfo, open_registry
+from ratchet.workspace import open_workspace
 from services import MlflowServer
 from test_registry import record
+from test_tracking_server import new_workspace
 
 pytestmark = pytest.mark.services
 
@@ -170,3 +179,67 @@ def test_a_lock_left_by_an_ended_process_of_this_machine_is_broken_at_once(
     with second.guard("promoting", wait=0.2):
         held = second._lock_tags()
         assert held is not None and held["what"] == "promoting"
+
+
+# A whole `ratchet retrain` in a child process that, once its cycle is committed and pushed (just
+# before it registers), waits for the other one to get there too.
+RETRAIN_AFTER_MEETING = """
+import sys, time
+from pathlib import Path
+from ratchet import faults
+from ratchet.cli import main
+
+workspace, meet, me, other = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+reached = faults.reached
+
+def meet_then_go(point: str) -> None:
+    reached(point)
+    if point == "retrain:pushed":
+        (meet / me).touch()
+        deadline = time.monotonic() + 120
+        while not (meet / other).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+faults.reached = meet_then_go
+sys.exit(main(["retrain", "-w", workspace]))
+"""
+
+
+def test_two_workspaces_retraining_the_same_cycle_register_it_once(
+    mlflow_server: MlflowServer,
+    prefect_server: str,
+    stream_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    roots = [new_workspace(tmp_path / name / "ws", "race-cycle") for name in ("a", "b")]
+    for root in roots:
+        app.ingest(root, stream_files["digits-0-4"])  # the same data: the same batch id, the same cycle
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    env = os.environ | {"PREFECT_API_URL": prefect_server}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RETRAIN_AFTER_MEETING, str(root), str(meet), me, other],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for root, me, other in ((roots[0], "a", "b"), (roots[1], "b", "a"))
+    ]
+    done = [(w.wait(timeout=300), *w.communicate()) for w in workers]
+    assert sorted(os.listdir(meet)) == ["a", "b"]  # both had trained and committed before either registered
+    assert sorted(code for code, _, _ in done) == [0, 1], done
+    _, _, refusal = next(d for d in done if d[0] == 1)
+    assert re.fullmatch(
+        r"ratchet: error: cycle \w+ is already registered as version 1 by another worker: "
+        "not registering it again",
+        refusal.strip(),
+    ), refusal
+    assert "Traceback" not in "".join(out + err for _, out, err in done)
+    registry = open_registry(open_workspace(roots[0]))
+    assert [v.version for v in registry.versions()] == ["1"]
+    champion = registry.champion()
+    assert champion is not None and champion.version == "1" and champion.action == "promoted"
