@@ -296,7 +296,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
         environment=environment(params),
         dvc_hashes=versioning.lock_hashes(ws.root),
     )
-    return registry.log_candidate(rec)
+    return registry.register_cycle(rec)
 
 
 def environment(params: Params) -> dict[str, str]:

@@ -16,9 +16,12 @@ import io
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
+import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -41,6 +44,14 @@ BATCH_MARK = PREFIX + "batch."  # registered-model tag per batch: its requeues a
 # the version tags a reviewer reads in the versions table; everything else is on the run
 DISPLAY = ("verdict", "parent", "strategy", "data", "old accuracy", "new accuracy")
 MODEL_DESCRIPTION = "Managed by ratchet: the champion only moves forward."
+# The guard (`Registry.guard`): a registered model named `<model>.lock` exists while a worker holds it.
+# Creating a registered model whose name exists fails (the store's unique key on the name), on a
+# tracking server as on a sqlite file, so only one worker at a time holds it. Its tags say who holds
+# it, for what, and until when; a lock past its expiry is taken to be left by a dead process.
+LOCK_SUFFIX = ".lock"
+LOCK_DESCRIPTION = "Held by ratchet while a worker registers or promotes a version of {model}; not a model."
+GUARD_TTL = 900.0  # seconds a holder may keep the lock: registering (a model upload) takes seconds
+GUARD_WAIT = 300.0  # seconds a worker waits for another's lock before it gives up
 # MLflow's SQL stores keep registered-model and version descriptions and registered-model tag values
 # in VARCHAR(5000) columns. SQLite ignores the length; PostgreSQL (and MySQL) refuse a longer value, so
 # against a tracking server on PostgreSQL an unbounded text fails the write. Texts that grow (the
@@ -246,6 +257,7 @@ class Registry:
         self.experiment = experiment
         self.artifact_location = artifact_location
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        self._held: str | None = None  # the token of the guard this Registry holds, if it does
         self._use_globally()
 
     def _use_globally(self) -> None:
@@ -280,6 +292,117 @@ class Registry:
         if not self.client.search_registered_models(f"name='{self.name}'"):
             self.client.create_registered_model(self.name, description=MODEL_DESCRIPTION)
         return str(exp_id)
+
+    # ---- the guard -----------------------------------------------------------------------------
+
+    @property
+    def lock_name(self) -> str:
+        return self.name + LOCK_SUFFIX
+
+    @contextlib.contextmanager
+    def guard(self, what: str, ttl: float = GUARD_TTL, wait: float = GUARD_WAIT) -> Iterator[None]:
+        """Hold the model's lock (`LOCK_SUFFIX`) while `what` runs: the steps that must not interleave
+        with another worker's on the same registered model (finding-or-registering a cycle's version,
+        checking the champion and moving it). Waits up to `wait` seconds for another holder; a lock
+        past its expiry (`ttl` after it was taken), or held by an ended process of this machine, is
+        broken as left by a dead one (`_abandoned`). Re-entering on the same Registry holds nothing more."""
+        if self._held is not None:
+            yield
+            return
+        token = self._acquire(what, ttl, wait)
+        self._held = token
+        try:
+            yield
+        finally:
+            self._held = None
+            self._release(token)
+
+    def _acquire(self, what: str, ttl: float, wait: float) -> str:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        deadline, pause = time.monotonic() + wait, 0.05
+        while True:
+            tags = {"holder": token, "what": what, "since": now(), "expires": f"{time.time() + ttl:.3f}"}
+            try:
+                description = LOCK_DESCRIPTION.format(model=self.name)
+                self.client.create_registered_model(self.lock_name, tags=tags, description=description)
+                return token
+            except MlflowException as exc:
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            held = self._lock_tags()
+            if held is None:
+                continue  # released between the two requests
+            if held.get("holder") == token:
+                return token  # a retried request whose first attempt had taken it
+            if _abandoned(held):
+                self._break(held)
+                continue
+            if time.monotonic() > deadline:
+                raise RatchetError(
+                    f"the registry of {self.name} is busy: {held.get('holder', '?')} has been "
+                    f"{held.get('what', '?')} since {held.get('since', '?')}; try again later "
+                    f"(its lock {self.lock_name} expires at {_iso(int(_float(held.get('expires')) * 1000))})"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def _lock_tags(self) -> dict[str, str] | None:
+        """The lock's tags (holder, what, since, expires); None when nobody holds it."""
+        return self._model_tags(self.lock_name)
+
+    def _model_tags(self, name: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+        try:
+            return dict(self.client.get_registered_model(name).tags or {})
+        except MlflowException as exc:
+            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                return None
+            raise
+
+    def _break(self, stale: dict[str, str]) -> None:
+        """Remove an abandoned lock (`_abandoned`), and only that one: it is renamed aside first (a
+        rename, like the create, succeeds for one worker only), then deleted if it is still the
+        abandoned holder's. A fresh lock that another worker took between the look and the rename is
+        put back."""
+        from mlflow.exceptions import MlflowException
+
+        aside = f"{self.lock_name}.broken.{uuid.uuid4().hex[:12]}"
+        try:
+            self.client.rename_registered_model(self.lock_name, aside)
+        except MlflowException:
+            return  # another worker broke it, or its holder released it, first
+        moved = self._model_tags(aside) or {}
+        if moved.get("holder") == stale.get("holder"):
+            self.client.delete_registered_model(aside)
+            print(
+                f"broke the registry lock of {self.name}: {stale.get('holder', '?')} took it for "
+                f"{stale.get('what', '?')} at {stale.get('since', '?')} and never gave it back"
+            )
+            return
+        try:
+            self.client.rename_registered_model(aside, self.lock_name)
+        except MlflowException:  # a third worker holds it now: the one set aside finds out at its check
+            self.client.delete_registered_model(aside)
+
+    def _check_held(self) -> None:
+        """Before a write the guard protects: the lock is still this worker's. It is not when it was
+        held past its expiry and another worker broke it; then nothing is written."""
+        if self._held is None:
+            return
+        if (self._lock_tags() or {}).get("holder") != self._held:
+            raise RatchetError(
+                f"not writing to {self.name}: this worker's registry lock expired and another worker "
+                "took it over; run `ratchet status`, then retry"
+            )
+
+    def _release(self, token: str) -> None:
+        if (self._lock_tags() or {}).get("holder") == token:  # never another worker's lock
+            self.client.delete_registered_model(self.lock_name)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -444,6 +567,17 @@ class Registry:
 
     # ---- writing -------------------------------------------------------------------------------
 
+    def register_cycle(self, rec: CandidateRecord) -> VersionInfo:
+        """Register the cycle's candidate (`log_candidate`) unless a version of the same cycle is
+        registered already: under the guard, so two workers finishing the same cycle register it once."""
+        with self.guard(f"registering cycle {rec.cycle_id}"):
+            if found := self.find_cycle(rec.cycle_id):
+                raise RatchetError(
+                    f"cycle {rec.cycle_id} is already registered as version {found.version} by another "
+                    "worker: not registering it again"
+                )
+            return self.log_candidate(rec)
+
     def log_candidate(self, rec: CandidateRecord) -> VersionInfo:
         """One run (params, per-epoch metrics, evaluation, report, the record as tags) and one
         registered version with the display tags and the decision's summary as its description."""
@@ -494,6 +628,7 @@ class Registry:
         display = VersionInfo("", tags, (), "", run_id).display()
         # MLflow prints "Registered model ... already exists" and "Created version ..." to stderr
         # itself, past its logger's level: ratchet says which version it made, once
+        self._check_held()
         with contextlib.redirect_stderr(io.StringIO()):
             mv = mlflow.register_model(info.model_uri, self.name, tags=display)
         self.client.update_model_version(self.name, mv.version, description=_fit(rec.summary))
@@ -551,30 +686,40 @@ class Registry:
         The alias moves first and the bookkeeping (promoted_at, the outcome) follows: a process that
         dies in between leaves a champion without an outcome, which `repair` finishes.
         """
-        if self._champion_version() != version:  # equal: a crash after the alias moved; finish the books
-            self._check_parent(version, expected_parent)
-            self.client.set_registered_model_alias(self.name, CHAMPION, version)
-            faults.reached("retrain:alias-moved")
-            # compare-and-set in effect: read back, so another writer's move is said, not overwritten
-            now = self.champion()
-            if now is None or now.version != version:
-                raise RatchetError(
-                    f"not promoting version {version}: @champion moved to {now.version if now else 'none'} "
-                    "while it was being set; run `ratchet status`, then retrain"
-                )
-        self._finish_promotion(version)
+        with self.guard(f"promoting version {version}"):
+            if self._champion_version() != version:  # equal: a crash after the alias moved; finish the books
+                self._check_parent(version, expected_parent)
+                self._check_held()
+                self.client.set_registered_model_alias(self.name, CHAMPION, version)
+                faults.reached("retrain:alias-moved")
+                # read back: a writer that bypassed the guard (an older ratchet) is said, not hidden
+                now = self.champion()
+                if now is None or now.version != version:
+                    moved = now.version if now else "none"
+                    raise RatchetError(
+                        f"not promoting version {version}: @champion moved to {moved} "
+                        "while it was being set; run `ratchet status`, then retrain"
+                    )
+            self._finish_promotion(version)
 
     def _champion_version(self) -> str | None:
         current = self.champion()
         return current.version if current else None
 
     def _check_parent(self, version: str, expected_parent: str | None) -> None:
-        now = self._champion_version()
-        if now != expected_parent:
+        current = self.champion()
+        now = current.version if current else None
+        if now == expected_parent:
+            return
+        if current is not None and (current.tag("parent_version") or None) == expected_parent:
             raise RatchetError(
-                f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
-                f"but the champion is now {now}"
+                f"not promoting version {version}: version {now}, evaluated against the same champion "
+                f"{expected_parent or '(none)'}, was promoted first"
             )
+        raise RatchetError(
+            f"not promoting version {version}: it was evaluated against champion {expected_parent}, "
+            f"but the champion is now {now}"
+        )
 
     def _finish_promotion(self, version: str) -> None:
         if not self.version(version).tag("promoted_at"):
@@ -707,7 +852,14 @@ class Registry:
             raise RatchetError(
                 f"version {target} was never promoted ({chosen.status}): not rolling back to it"
             )
-        self.client.set_registered_model_alias(self.name, CHAMPION, target)
+        with self.guard(f"rolling back to version {target}"):
+            if self._champion_version() != current.version:
+                raise RatchetError(
+                    f"not rolling back: the champion moved from version {current.version} meanwhile; "
+                    "run `ratchet status`, then retry"
+                )
+            self._check_held()
+            self.client.set_registered_model_alias(self.name, CHAMPION, target)
         stamp = now()
         self._write(current.version, "rolled_back_at", stamp)
         # appended, never replaced: a version restored twice keeps both
@@ -793,6 +945,31 @@ def _chunk_marks(marks: Sequence[BatchMark]) -> list[str]:
 
 def _record_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k.startswith(PREFIX)}
+
+
+def _abandoned(lock: Mapping[str, str]) -> bool:
+    """Whether a lock's holder is gone: past its expiry, or a process of this machine that has ended
+    (a worker killed mid-cycle here is known dead at once; one on another machine, at the expiry)."""
+    if _float(lock.get("expires")) < time.time():
+        return True
+    host, _, rest = lock.get("holder", "").partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process, alive
+        return False
+    return False
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
 
 
 def _iso(millis: int) -> str:
