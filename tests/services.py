@@ -144,12 +144,20 @@ def mlflow_server(artifacts: Path, log: Path) -> Iterator[MlflowServer]:
             wait_healthy(url, process, log)
             yield MlflowServer(url, db.uri, time.monotonic() - started)
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """Stop a server started with start_new_session=True, its children (uvicorn workers) with it:
+    SIGTERM to the group, SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

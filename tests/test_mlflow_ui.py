@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from ratchet import app
 from ratchet.cli import main
 from ratchet.registry import DISPLAY, open_registry
 from ratchet.workspace import open_workspace
+from services import stop_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 # a page of the UI can take seconds to fill in on two busy cores
@@ -109,12 +109,7 @@ def ui_server(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield Server(process, f"http://127.0.0.1:{port}", log)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 @pytest.fixture(scope="module")

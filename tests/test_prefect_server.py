@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from services import stop_group
 
 STARTUP_TIMEOUT_S = 45.0
 SCHEDULE_TIMEOUT_S = 20.0
@@ -82,13 +83,7 @@ def real_server(tmp_path: Path) -> Iterator[Server]:
             time.sleep(0.25)
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, grace=15)
 
 
 def register_hourly_deployment(api_url: str) -> str:
