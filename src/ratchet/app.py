@@ -63,18 +63,26 @@ def ingest(
         return intake.ingest(ws, params, source, progress, version, recovered)
 
 
+def _checked(workspace: Path, strategy: str | None) -> Workspace:
+    """The workspace, its params and the strategy asked for, checked: bad ones fail in one line
+    before Prefect starts."""
+    from ratchet.train import strategies
+
+    ws = open_workspace(workspace)
+    ws.params()
+    if strategy is not None:
+        strategies.check(strategy)
+    return ws
+
+
 def settle(workspace: Path, strategy: str | None = None) -> bool:
     """Whether a retrain would run a cycle now. Does the housekeeping a cycle's plan does first
     (`cycle.would_train`, which prints what it did, as the flow's plan does), under the lock, without
     Prefect. A refusal on the way (data/ changed, a lost registry, a busy workspace) is left
     to the flow, whose plan meets it again and reports it as any failed run: True."""
     from ratchet import cycle
-    from ratchet.train import strategies
 
-    ws = open_workspace(workspace)
-    ws.params()  # bad params or strategy: one line, here
-    if strategy is not None:
-        strategies.check(strategy)
+    ws = _checked(workspace, strategy)
     try:
         with ws.lock():
             needed = cycle.would_train(ws, strategy)
@@ -86,12 +94,8 @@ def settle(workspace: Path, strategy: str | None = None) -> bool:
 def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> Outcome | None:
     """One cycle (the Prefect flow) over the pending batches; None when nothing is pending."""
     from ratchet.flows.retrain import retrain as flow
-    from ratchet.train import strategies
 
-    # fail with one line before starting Prefect
-    open_workspace(workspace).params()
-    if strategy is not None:
-        strategies.check(strategy)
+    _checked(workspace, strategy)
     # a person at a terminal answers with `ratchet approve`: the command never pauses for the Prefect UI
     outcome: Outcome | None = flow(
         workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy, wait_for_review=False
