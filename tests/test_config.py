@@ -17,6 +17,7 @@ from ratchet.config import (
     InboxParams,
     Params,
     RegistryParams,
+    RemoteParams,
     ReviewParams,
     TrainParams,
     complete_params,
@@ -404,6 +405,7 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "gate.max_label_gap_pt",
         "review",
         "inbox",
+        "remotes",
     ]
     old_lines, new_lines = text.splitlines(), new.splitlines()
     inserted = [line for line in new_lines if line not in old_lines]
@@ -423,6 +425,9 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "inbox",
         "path",
         "ready_marker",
+        "remotes",
+        "dvc",
+        "git",
     ]
     it = iter(new_lines)
     assert all(line in it for line in old_lines)  # every old line kept, in order
@@ -453,6 +458,7 @@ def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
         "gate",
         "review",
         "inbox",
+        "remotes",
     ]
     assert new.startswith("schema: 2\n")
     assert new.endswith(render_params()[render_params().index("gate:") :])
@@ -487,4 +493,6 @@ def test_the_digest_covers_tunables_not_where_the_stores_are() -> None:
     tuned = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=0.01))
     reviewed = dataclasses.replace(base, review=ReviewParams(approval="manual", wait_minutes=5.0))
     elsewhere = dataclasses.replace(base, inbox=InboxParams(path="/srv/drop", ready_marker="DONE"))
-    assert moved.digest() == base.digest() == reviewed.digest() == elsewhere.digest() != tuned.digest()
+    shared = dataclasses.replace(base, remotes=RemoteParams(dvc="s3://team/data", git="ssh://git@host/ws"))
+    assert moved.digest() == base.digest() == reviewed.digest() == elsewhere.digest() == shared.digest()
+    assert base.digest() != tuned.digest()

@@ -33,12 +33,27 @@ def init(
     model_name: str | None = None,
     image_size: int | None = None,
     channels: int | None = None,
+    tracking_uri: str | None = None,
+    remote: str | None = None,
+    git_remote: str | None = None,
 ) -> tuple[Workspace, list[str]]:
-    """Create or complete a workspace and its MLflow store; returns what it did."""
+    """Create, complete or (with a git remote that has a history) join a workspace, its remotes and
+    its MLflow store; returns what it did."""
+    from ratchet.data import remotes
     from ratchet.registry import open_registry
     from ratchet.workspace import init_workspace
 
-    ws, done = init_workspace(directory, model_name=model_name, image_size=image_size, channels=channels)
+    ws, done = init_workspace(
+        directory,
+        model_name=model_name,
+        image_size=image_size,
+        channels=channels,
+        tracking_uri=tracking_uri,
+        remote=remote,
+        git_remote=git_remote,
+    )
+    with ws.lock():
+        remotes.join(ws.root, ws.params().remotes, done.append)
     open_registry(ws).ensure_store()
     return ws, done
 

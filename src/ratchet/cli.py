@@ -43,7 +43,15 @@ def _configure_runtime() -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    ws, done = app.init(args.directory, args.model_name, args.image_size, args.channels)
+    ws, done = app.init(
+        args.directory,
+        args.model_name,
+        args.image_size,
+        args.channels,
+        args.tracking_uri,
+        args.remote,
+        args.git_remote,
+    )
     print(f"workspace {ws.root}: {'; '.join(done) if done else 'created nothing (already a workspace)'}")
     return 0
 
@@ -446,6 +454,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="C",
         help="data.channels for a new params.yaml: 1 (grayscale, the default) or 3 (RGB)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="registry.tracking_uri: an MLflow tracking server (http://host:5000) or store; default the "
+        "workspace's mlruns/mlflow.db",
+    )
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        help="remotes.dvc: the shared DVC remote (a directory, s3://bucket/prefix, ssh://user@host/path); "
+        "default the workspace's .dvc-storage/",
+    )
+    p.add_argument(
+        "--git-remote",
+        metavar="URL",
+        help="remotes.git: the shared git remote of the workspace's history; one that has a history "
+        "already is cloned into DIRECTORY (joining a team's workspace)",
     )
     p.set_defaults(func=cmd_init)
 

@@ -348,6 +348,21 @@ class InboxParams:
 
 
 @dataclass(frozen=True)
+class RemoteParams:
+    dvc: str | None = knob(
+        None,
+        "DVC remote for data, parents and candidates: a directory, s3://bucket/prefix or "
+        "ssh://user@host[:port]/path; default the workspace's .dvc-storage/. Credentials stay out of git: "
+        "the environment or `dvc remote modify --local origin ...`",
+    )
+    git: str | None = knob(
+        None,
+        "git remote of the workspace's history (a bare repository, ssh or https URL): pulled before "
+        "each ingest and cycle, pushed after, so another clone can run the next cycle; default none",
+    )
+
+
+@dataclass(frozen=True)
 class Params:
     registry: RegistryParams = section(RegistryParams)
     data: DataParams = section(
@@ -367,6 +382,8 @@ class Params:
     inbox: InboxParams = section(
         InboxParams, 'The inbox of `ratchet inbox` and the ingest-and-retrain flow (README "Inbox").'
     )
+    # where the history is shared changes no candidate either
+    remotes: RemoteParams = section(RemoteParams, 'Shared remotes for team mode (README "Team mode").')
 
     def digest(self) -> str:
         """Short stable hash of every tunable: the `params_hash` lineage tag and part of a cycle's id.
@@ -376,6 +393,7 @@ class Params:
             del tunables["registry"][where]
         del tunables["review"]  # who approves changes no candidate
         del tunables["inbox"]  # nor does where batches arrive
+        del tunables["remotes"]  # nor where the history is shared
         blob = json.dumps(tunables, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -20,7 +20,7 @@ from typing import cast
 
 from ratchet import faults, state
 from ratchet.config import Params, Scalar
-from ratchet.data import catalog, journal, versioning
+from ratchet.data import catalog, journal, remotes, versioning
 from ratchet.errors import InputError, RatchetError
 from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
@@ -124,6 +124,8 @@ def _settled(ws: Workspace, params: Params, strategy: str | None) -> Registry:
         print(recovered)
     if pushed := versioning.push_unpushed(ws.root):
         print(pushed)
+    # team mode: what other machines ingested and decided, before anything is planned from it
+    remotes.sync(ws.root, params.remotes, print)
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -256,6 +258,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     # exactly as `dvc repro` would have: the lock then names this candidate's inputs and outputs
     versioning.dvc(ws.root, "commit", "-f")
     faults.reached("retrain:dvc-committed")
+    before = versioning.head(ws.root)
     commit = versioning.commit(
         ws.root,
         [str(p.relative_to(ws.root)) for p in paths.committed()] + ["dvc.yaml", "dvc.lock"],
@@ -265,6 +268,12 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     # before registering: a version on record is one a clone can reproduce with `dvc pull`
     if unpushed := versioning.push(ws.root, f"cycle {cycle.cycle_id}"):
         print(unpushed)  # the cycle stands; the next command pushes it
+    try:
+        # the git remote decides between machines: the first cycle pushed from a parent is recorded
+        remotes.publish(ws.root, params.remotes, f"cycle {cycle.cycle_id}", undo_to=before)
+    except remotes.Superseded as exc:
+        why = f"{exc}; nothing registered, its batches stay pending for the next retrain"
+        raise RatchetError(why) from None
     faults.reached("retrain:pushed")
     metrics = CycleMetrics.from_json(json.loads((paths.eval / evaluate.METRICS).read_text()))
     decision = json.loads((paths.eval / evaluate.DECISION).read_text())

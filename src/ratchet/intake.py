@@ -57,7 +57,7 @@ def ingest(
     """Ingest one batch and (unless told not to) version it with DVC, as one transaction
     (`ratchet.data.journal`). The caller holds the workspace lock. An ingest a killed process left is
     finished first, and `recovered` told what that did."""
-    from ratchet.data import journal, versioning
+    from ratchet.data import journal, remotes, versioning
     from ratchet.data.ingest import ingest_batch
     from ratchet.registry import open_registry
 
@@ -76,9 +76,23 @@ def ingest(
     pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
     if pushed and recovered is not None:
         recovered(pushed)
-    report, data_version = journal.ingest(
-        ws.root, ws.data_dir, source, params.data, progress, dropped, ready_marker=ready_marker
-    )
+    say = recovered or (lambda _line: None)
+    remotes.sync(ws.root, params.remotes, say)
+    for _attempt in range(3):
+        before = versioning.head(ws.root)
+        report, data_version = journal.ingest(
+            ws.root, ws.data_dir, source, params.data, progress, dropped, ready_marker=ready_marker
+        )
+        if report.batch_id is None:
+            break
+        try:
+            remotes.publish(ws.root, params.remotes, f"batch {report.batch_id}", undo_to=before)
+            break
+        except remotes.Superseded as exc:
+            # another machine ingested at the same time: the batch again, on top of what it added
+            say(f"{exc}: ingesting {source.name} again on top of it")
+    else:
+        raise RatchetError(f"{source.name}: other machines kept ingesting at the same time; retry")
     return Ingested(report, data_version)
 
 

@@ -6,7 +6,7 @@ import fcntl
 import hashlib
 import os
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -173,36 +173,40 @@ def template(name: str) -> str:
     return resources.files("ratchet.templates").joinpath(name).read_text()
 
 
-def _new_params(model_name: str | None, image_size: int | None, channels: int | None) -> Params:
-    """The defaults with what `ratchet init` was told, range-checked."""
-    params = Params()
-    if model_name:
-        params = replace(params, registry=replace(params.registry, model_name=model_name))
-    if image_size is not None:
-        params = replace(params, data=replace(params.data, image_size=image_size))
-    if channels is not None:
-        params = replace(params, data=replace(params.data, channels=channels))
-    check_params(params)
-    return params
+# what `ratchet init` may set in a new params.yaml: its keyword, the flag, the params key
+INIT_CHOICES = (
+    ("model_name", "--model-name", "registry.model_name"),
+    ("image_size", "--image-size", "data.image_size"),
+    ("channels", "--channels", "data.channels"),
+    ("tracking_uri", "--tracking-uri", "registry.tracking_uri"),
+    ("remote", "--remote", "remotes.dvc"),
+    ("git_remote", "--git-remote", "remotes.git"),
+)
 
 
-def _params_text(
-    path: Path, model_name: str | None, image_size: int | None, channels: int | None
-) -> tuple[str, list[str]]:
-    """The params.yaml to write (a new one, or the existing one completed) and the keys it adds."""
+def _with(params: Params, key: str, value: object) -> Params:
+    section, name = key.split(".")
+    return replace(params, **{section: replace(getattr(params, section), **{name: value})})
+
+
+def _params_text(path: Path, chosen: Mapping[str, object]) -> tuple[str, list[str]]:
+    """The params.yaml to write (a new one with what `ratchet init` was told, range-checked, or the
+    existing one completed) and the keys it adds. A choice other than an existing file's is refused."""
     if not path.exists():
-        return render_params(_new_params(model_name, image_size, channels)), []
+        params = Params()
+        for keyword, _flag, key in INIT_CHOICES:
+            if chosen.get(keyword) is not None:
+                params = _with(params, key, chosen[keyword])
+        check_params(params)
+        return render_params(params), []
     text, added = complete_params(path.read_text(), str(path))
-    data = parse_params(read_yaml(text, str(path))).data
-    for flag, key, wanted in (
-        ("--image-size", "image_size", image_size),
-        ("--channels", "channels", channels),
-    ):
-        current = getattr(data, key)
+    existing = parse_params(read_yaml(text, str(path)))
+    for keyword, flag, key in INIT_CHOICES:
+        section, name = key.split(".")
+        wanted, current = chosen.get(keyword), getattr(getattr(existing, section), name)
         if wanted is not None and wanted != current:
-            raise InputError(
-                f"{flag} {wanted}: the workspace already uses data.{key} {current}; edit {path.name} instead"
-            )
+            why = f"the workspace already uses {key} {current}; edit {path.name} instead"
+            raise InputError(f"{flag} {wanted}: {why}")
     return text, added
 
 
@@ -211,12 +215,15 @@ def init_workspace(
     model_name: str | None = None,
     image_size: int | None = None,
     channels: int | None = None,
+    tracking_uri: str | None = None,
+    remote: str | None = None,
+    git_remote: str | None = None,
 ) -> tuple[Workspace, list[str]]:
     """Create or complete a workspace; returns what it did, one phrase each. Safe to run again.
 
-    `model_name`, `image_size` and `channels` go into a new params.yaml. An existing one keeps its
-    values and comments; keys it lacks are added with their defaults, and an `image_size` or
-    `channels` other than its own is an error.
+    The choices (`INIT_CHOICES`) go into a new params.yaml. An existing one keeps its values and
+    comments; keys it lacks are added with their defaults, and a choice other than its own is an
+    error. A new directory with a `git_remote` that already has a history joins it: a clone.
     """
     from ratchet.atomic import write_text
     from ratchet.data import versioning
@@ -225,9 +232,22 @@ def init_workspace(
     if root.exists() and not root.is_dir():
         raise InputError(f"cannot create a workspace at {path}: it is a file")
     ws = Workspace(root)
-    params_text, added = _params_text(ws.params_path, model_name, image_size, channels)
-    root.mkdir(parents=True, exist_ok=True)
     created: list[str] = []
+    if git_remote is not None and not (root / ".git").exists() and versioning.has_history(git_remote):
+        if root.exists() and any(root.iterdir()):
+            raise InputError(f"--git-remote {git_remote} has a history: join it in a new or empty directory")
+        versioning.git(root.parent, "clone", "-q", git_remote, str(root))
+        created.append(f"clone of {git_remote}")
+    chosen = dict(
+        model_name=model_name,
+        image_size=image_size,
+        channels=channels,
+        tracking_uri=tracking_uri,
+        remote=remote,
+        git_remote=git_remote,
+    )
+    params_text, added = _params_text(ws.params_path, chosen)
+    root.mkdir(parents=True, exist_ok=True)
     had_git = (root / ".git").exists()
     versioning.ensure_repos(root, ws.dvc_remote)
     if not had_git:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ratchet import state
 from ratchet.errors import RatchetError
@@ -45,11 +46,15 @@ def _run(args: list[str], cwd: Path, what: str) -> str:
     except FileNotFoundError:
         raise RatchetError(f"{what} failed: {args[0]} is not installed") from None
     if done.returncode != 0:
-        output = done.stderr + done.stdout
-        logged = state.log(cwd, f"{' '.join(args)} (exit {done.returncode})", output)
-        where = f" (full output in {logged})" if logged else ""
-        raise RatchetError(f"{what} failed: {failure_cause(output)}{where}")
+        raise_failure(cwd, args, done.returncode, done.stderr + done.stdout, what)
     return done.stdout
+
+
+def raise_failure(cwd: Path, args: list[str], code: int, output: str, what: str) -> NoReturn:
+    """One line for a failed command, its whole output in the workspace's log."""
+    logged = state.log(cwd, f"{' '.join(args)} (exit {code})", output)
+    where = f" (full output in {logged})" if logged else ""
+    raise RatchetError(f"{what} failed: {failure_cause(output)}{where}")
 
 
 def failure_cause(output: str) -> str:
@@ -120,6 +125,13 @@ def unpushed(root: Path) -> str | None:
     if not note.is_file():
         return None
     return note.read_text(encoding="utf-8").strip() or "the workspace"
+
+
+def has_history(url: str) -> bool:
+    """Whether the git repository at `url` has any branch (False when it is empty or unreachable:
+    a new workspace then starts the history, and its first push says why if it cannot)."""
+    done = subprocess.run(["git", "ls-remote", "--heads", url], capture_output=True, text=True, check=False)
+    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def git_config(root: Path, key: str) -> str:
