@@ -1,11 +1,14 @@
-"""The whole cycle against a real MLflow tracking server on PostgreSQL, with proxied artifacts.
+"""Team mode on real services: the whole cycle against a real MLflow tracking server on PostgreSQL,
+with proxied artifacts, from two clones of one workspace that share a git remote and a DVC remote.
 
-The same three batches (digits 0-4, digits 5-9, then scrambled labels the gate must reject) run
-through a workspace on its own sqlite store and through one whose MLFLOW_TRACKING_URI names the
-server. On CPU in deterministic mode both train bit for bit the same, so the server must record the
-same decisions and metrics; then the commands a person runs (status, history, rollback) and a
-version's load through `models:/<name>@champion` must work over REST alone. A second workspace on
-the same server, under another model name, must not see the first one's versions.
+The same four batches (digits 0-4, digits 5-9, more of all ten, then scrambled labels the gate must
+reject) run through a workspace on its own sqlite store and through two clones, as on two machines,
+that take the cycles in turn: each pulls what the other pushed (git + DVC) before it ingests and
+plans, and pushes after it records. On CPU in deterministic mode both train bit for bit the same, so
+the server must record the same versions, decisions and metrics as the one local workspace; then
+the commands a person runs (status, history, rollback) and a version's load through
+`models:/<name>@champion` must work over REST alone. A second workspace on the same server, under
+another model name, must not see the first one's versions.
 """
 
 from __future__ import annotations
@@ -32,26 +35,49 @@ from test_registry import record
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("prefect_server")]
 
-STREAM = ("digits-0-4", "digits-5-9", "digits-scrambled")
-ACTIONS = ["promoted", "promoted", "rejected"]
+STREAM = ("digits-0-4", "digits-5-9", "digits-more", "digits-scrambled")
+ACTIONS = ["promoted", "promoted", "promoted", "rejected"]
 METRICS = "artifacts/eval/metrics.json"
 
 
 @dataclass(frozen=True)
 class Streamed:
-    root: Path
+    root: Path  # the workspace that ran the last cycle
     outcomes: list[Outcome]
     metrics: list[str]  # metrics.json after each cycle
     seconds: list[float]  # ingest + retrain, per cycle
+    clones: tuple[Path, ...] = ()  # team mode: the clones that took the cycles in turn
 
 
-def new_workspace(root: Path, model_name: str) -> Path:
-    init_workspace(root, model_name=model_name)
+def epochs(root: Path) -> None:
     params = root / "params.yaml"
     # three epochs: the comparison needs the same training, not a good model
     params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 3", params.read_text()))
     versioning.commit(root, ["params.yaml"], "three epochs")
+
+
+def new_workspace(root: Path, model_name: str) -> Path:
+    init_workspace(root, model_name=model_name)
+    epochs(root)
     return root
+
+
+def team(base: Path, server: MlflowServer, model_name: str) -> tuple[Path, Path]:
+    """Two clones of one workspace, as on two machines: the first made by `ratchet init` with the
+    tracking server, a DVC remote and an empty bare git repository; the second joining it by
+    `ratchet init --git-remote` alone (a clone, whose params name the rest)."""
+    shared = base / "shared.git"
+    versioning.git(base, "init", "-q", "--bare", str(shared))
+    first = base / "machine-a" / "ws"
+    _, done = app.init(
+        first, model_name, tracking_uri=server.url, remote=str(base / "dvc-remote"), git_remote=str(shared)
+    )
+    assert any("pushed main to the new git remote" in line for line in done), done
+    epochs(first)  # committed here, reaches the other clone through the remote with the first ingest
+    second = base / "machine-b" / "ws"
+    _, done = app.init(second, git_remote=str(shared))
+    assert any(f"clone of {shared}" in line for line in done), done
+    return first, second
 
 
 def cycle(root: Path, batch: Path) -> tuple[Outcome, str, float]:
@@ -68,30 +94,28 @@ def cycle(root: Path, batch: Path) -> tuple[Outcome, str, float]:
 def streams(
     tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path], mlflow_server: MlflowServer
 ) -> tuple[Streamed, Streamed]:
-    """The stream through a workspace on its own sqlite store (the reference) and through one whose
-    MLFLOW_TRACKING_URI names the server, a cycle of each in turn, so that the process's first-cycle
-    warm-up and the machine's load weigh on both alike."""
+    """The stream through a workspace on its own sqlite store (the reference) and through the two
+    clones on the server, a cycle of each in turn, so that the process's first-cycle warm-up and the
+    machine's load weigh on both alike."""
     local = new_workspace(tmp_path_factory.mktemp("local") / "ws", "server-it")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-        served = new_workspace(tmp_path_factory.mktemp("served") / "ws", "server-it")
-    runs: dict[Path, list[tuple[Outcome, str, float]]] = {local: [], served: []}
-    for name in STREAM:
-        runs[local].append(cycle(local, stream_files[name]))
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-            runs[served].append(cycle(served, stream_files[name]))
-    here, there = (
-        Streamed(root, [o for o, _, _ in done], [m for _, m, _ in done], [t for _, _, t in done])
-        for root, done in runs.items()
-    )
+    clones = team(tmp_path_factory.mktemp("team"), mlflow_server, "server-it")
+    here: list[tuple[Outcome, str, float]] = []
+    there: list[tuple[Outcome, str, float]] = []
+    for n, name in enumerate(STREAM):
+        here.append(cycle(local, stream_files[name]))
+        there.append(cycle(clones[n % 2], stream_files[name]))
     print(
-        "\nseconds per cycle (ingest + retrain), local sqlite vs tracking server: "
-        + ", ".join(f"{a:.1f} vs {b:.1f}" for a, b in zip(here.seconds, there.seconds, strict=True))
-        + f"; after the first: mean {np.mean(here.seconds[1:]):.1f} vs {np.mean(there.seconds[1:]):.1f}"
-        + f" (PostgreSQL + server up in {mlflow_server.seconds_to_start:.1f} s)"
+        "\nseconds per cycle (ingest + retrain), local sqlite vs two clones on the tracking server: "
+        + ", ".join(f"{a[2]:.1f} vs {b[2]:.1f}" for a, b in zip(here, there, strict=True))
+        + f"; after the first: mean {np.mean([a[2] for a in here[1:]]):.1f} vs "
+        + f"{np.mean([b[2] for b in there[1:]]):.1f} (PostgreSQL + server up in "
+        + f"{mlflow_server.seconds_to_start:.1f} s)"
     )
-    return here, there
+    last = clones[(len(STREAM) - 1) % 2]
+    return (
+        Streamed(local, [o for o, _, _ in here], [m for _, m, _ in here], [t for _, _, t in here]),
+        Streamed(last, [o for o, _, _ in there], [m for _, m, _ in there], [t for _, _, t in there], clones),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +154,37 @@ def test_the_server_records_the_same_cycles_as_a_local_store(
     registry = open_registry(open_workspace(served.root))
     assert registry.tracking_uri == on_server
     versions = registry.versions()
-    assert [v.version for v in versions] == ["1", "2", "3"]  # one version per cycle
+    assert [v.version for v in versions] == ["1", "2", "3", "4"]  # one version per cycle
     assert [v.action for v in versions] == ACTIONS
     # the record and the six display tags made it through the REST store
-    assert versions[2].tag("decision") == "reject"
-    assert versions[2].display()["verdict"].startswith("rejected")
+    assert versions[3].tag("decision") == "reject"
+    assert versions[3].display()["verdict"].startswith("rejected")
     assert versions[1].tags["parent"] == "1"
+
+
+def test_the_clones_share_one_history_through_the_remotes(served: Streamed, local: Streamed) -> None:
+    first, second = served.clones
+    # the clone that ran the third cycle catches up on the fourth: nothing left to train
+    assert app.retrain(first) is None
+    heads = {versioning.head(root) for root in served.clones}
+    assert len(heads) == 1
+    shared = versioning.git(first, "rev-parse", "origin/main").strip()
+    assert heads == {shared}
+    registry = open_registry(open_workspace(first))
+    # every version's commit is in the shared history, made on the clone that ran its cycle
+    for v in registry.versions():
+        assert versioning.git(first, "merge-base", "--is-ancestor", v.tag("git_commit"), shared) == ""
+    # the same data, batch for batch, as the local workspace; pulled from the DVC remote
+    for root in served.clones:
+        assert (root / "data.dvc").read_text() == (local.root / "data.dvc").read_text()
+        assert versioning.data_changes(root) == []
+    subjects = versioning.git(first, "log", "--format=%s", shared).splitlines()
+    assert sum(s.startswith("cycle ") for s in subjects) == len(STREAM)
 
 
 def test_champion_is_the_last_promoted_version(served: Streamed, on_server: str) -> None:
     champion = open_registry(open_workspace(served.root)).champion()
-    assert champion is not None and champion.version == "2"
+    assert champion is not None and champion.version == "3"
 
 
 def test_status_and_history_read_the_server(
@@ -148,14 +192,16 @@ def test_status_and_history_read_the_server(
 ) -> None:
     status = cli_json(capsys, "status", "-w", str(served.root))
     assert isinstance(status, dict)
-    assert status["champion"] == {"version": "2"}
-    assert [v["status"] for v in status["versions"]] == ["promoted earlier", "champion", "rejected"]
+    assert status["champion"] == {"version": "3"}
+    statuses = [v["status"] for v in status["versions"]]
+    assert statuses == ["promoted earlier", "promoted earlier", "champion", "rejected"]
     events = cli_json(capsys, "history", "-w", str(served.root))
     assert isinstance(events, list)
-    assert [(e["what"], e["versions"]) for e in events if e["what"] != "gate promote"][:3] == [
+    assert [(e["what"], e["versions"]) for e in events if e["what"] != "gate promote"][:4] == [
         ("promoted", "- -> 1"),
         ("promoted", "1 -> 2"),
-        ("gate reject", "3"),
+        ("promoted", "2 -> 3"),
+        ("gate reject", "4"),
     ]
 
 
@@ -165,7 +211,7 @@ def test_the_champion_loads_and_predicts_through_the_server(
     import mlflow.pyfunc
 
     registry = open_registry(open_workspace(served.root))
-    source = registry.client.get_model_version(registry.name, "2").source
+    source = registry.client.get_model_version(registry.name, "3").source
     # the proxied store: nothing names a path on the server's disk
     assert not source.startswith(("/", "file:")), source
     model = mlflow.pyfunc.load_model(f"models:/{registry.name}@champion")
@@ -250,8 +296,8 @@ def test_rollback_moves_the_champion_back(
     assert main(["rollback", "-w", str(served.root), "--by", "tester"]) == 0
     registry = open_registry(open_workspace(served.root))
     champion = registry.champion()
-    assert champion is not None and champion.version == "1"
-    assert registry.version("2").status == "rolled back"
+    assert champion is not None and champion.version == "2"
+    assert registry.version("3").status == "rolled back"
     events = cli_json(capsys, "history", "-w", str(served.root))
     assert isinstance(events, list)
-    assert (events[-1]["what"], events[-1]["versions"], events[-1]["by"]) == ("rollback", "2 -> 1", "tester")
+    assert (events[-1]["what"], events[-1]["versions"], events[-1]["by"]) == ("rollback", "3 -> 2", "tester")

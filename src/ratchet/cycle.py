@@ -79,8 +79,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     it takes the oldest pending batch's (a requeue may ask for its own) and leaves batches that
     asked for another to the next cycle.
     """
-    params = ws.params()
-    registry = _settled(ws, params, strategy)
+    registry, params = _settled(ws, strategy)
     cycle = next_cycle(ws, registry, params, strategy)
     if cycle is None:
         return None
@@ -103,29 +102,30 @@ def would_train(ws: Workspace, strategy: str | None = None) -> bool:
     in seconds. False is final; True hands over to the flow, whose `plan` repeats the housekeeping
     (by then nothing is left to do) and makes the cycle.
     """
-    params = ws.params()
-    registry = _settled(ws, params, strategy)
+    registry, params = _settled(ws, strategy)
     return next_cycle(ws, registry, params, strategy) is not None
 
 
-def _settled(ws: Workspace, params: Params, strategy: str | None) -> Registry:
-    """What comes before choosing a cycle: the strategy checked, the registry opened and found whole,
-    what a killed process left finished (half-done registry records, an ingest, a push), and data/
-    found to be the version data.dvc records."""
+def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
+    """What comes before choosing a cycle: the strategy checked, what a killed process left finished
+    (an ingest, a push, half-done registry records), the workspace brought up to its git remote (team
+    mode), the registry opened and found whole, and data/ found to be the version data.dvc records.
+    Returns the registry and the params as they are after all that (a pull may change them)."""
     if strategy is not None:
         strategies.check(strategy)
-    registry = open_registry(ws, params)
-    _check_not_lost(ws, registry)
-    registry.ensure_store()
-    for line in registry.repair():
-        print(f"repaired: {line}")
     recovered = journal.recover(ws.root, ws.data_dir)
     if recovered:
         print(recovered)
     if pushed := versioning.push_unpushed(ws.root):
         print(pushed)
     # team mode: what other machines ingested and decided, before anything is planned from it
-    remotes.sync(ws.root, params.remotes, print)
+    remotes.sync(ws.root, ws.params().remotes, print)
+    params = ws.params()
+    registry = open_registry(ws, params)
+    _check_not_lost(ws, registry)
+    registry.ensure_store()
+    for line in registry.repair():
+        print(f"repaired: {line}")
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -133,7 +133,7 @@ def _settled(ws: Workspace, params: Params, strategy: str | None) -> Registry:
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
             "it; restore it with `dvc checkout --force data`"
         )
-    return registry
+    return registry, params
 
 
 def next_cycle(ws: Workspace, registry: Registry, params: Params, strategy: str | None) -> Cycle | None:

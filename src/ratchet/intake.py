@@ -78,6 +78,7 @@ def ingest(
         recovered(pushed)
     say = recovered or (lambda _line: None)
     remotes.sync(ws.root, params.remotes, say)
+    params = ws.params()  # as the pull left them
     for _attempt in range(3):
         before = versioning.head(ws.root)
         report, data_version = journal.ingest(

@@ -233,10 +233,12 @@ def init_workspace(
         raise InputError(f"cannot create a workspace at {path}: it is a file")
     ws = Workspace(root)
     created: list[str] = []
-    if git_remote is not None and not (root / ".git").exists() and versioning.has_history(git_remote):
+    joined = versioning.remote_branch(git_remote) if git_remote and not (root / ".git").exists() else None
+    if git_remote is not None and joined is not None:
         if root.exists() and any(root.iterdir()):
             raise InputError(f"--git-remote {git_remote} has a history: join it in a new or empty directory")
-        versioning.git(root.parent, "clone", "-q", git_remote, str(root))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        versioning.git(root.parent, "clone", "-q", "--branch", joined, git_remote, str(root))
         created.append(f"clone of {git_remote}")
     chosen = dict(
         model_name=model_name,

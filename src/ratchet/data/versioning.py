@@ -127,11 +127,21 @@ def unpushed(root: Path) -> str | None:
     return note.read_text(encoding="utf-8").strip() or "the workspace"
 
 
-def has_history(url: str) -> bool:
-    """Whether the git repository at `url` has any branch (False when it is empty or unreachable:
-    a new workspace then starts the history, and its first push says why if it cannot)."""
-    done = subprocess.run(["git", "ls-remote", "--heads", url], capture_output=True, text=True, check=False)
-    return done.returncode == 0 and bool(done.stdout.strip())
+def remote_branch(url: str) -> str | None:
+    """The branch to join in the git repository at `url`: the one its HEAD names, else `main`, else
+    its only one; None when it has none (empty, or unreachable: a new workspace then starts the
+    history, and its first push says why if it cannot)."""
+    done = subprocess.run(["git", "ls-remote", "--symref", url], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None
+    lines = [ln.split() for ln in done.stdout.splitlines() if ln.strip()]
+    heads = [ref.removeprefix("refs/heads/") for _, ref, *_ in lines if ref.startswith("refs/heads/")]
+    named = [ref.removeprefix("refs/heads/") for kind, ref, *_ in lines if kind == "ref:"]
+    # a bare repository made with `git init --bare` may name a branch nobody pushed (master)
+    for candidate in [*named, "main"]:
+        if candidate in heads:
+            return candidate
+    return heads[0] if heads else None
 
 
 def git_config(root: Path, key: str) -> str:
