@@ -231,7 +231,8 @@ def s3_server(log: Path, bucket: str = "ratchet-dvc") -> Iterator[S3Server]:
         import boto3  # noqa: F401
         import moto.server  # noqa: F401
     except ImportError as exc:
-        raise Unavailable(f"S3: {exc.name} is not installed (the dev extra pins moto[server])") from None
+        missing = exc.name or "moto"
+        raise Unavailable(f"S3: {missing} is not installed (the dev extra pins moto[server])") from None
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
