@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from ratchet.data.digits import StreamBatch, digits_stream
-from services import MlflowServer, Unavailable
+from services import MlflowServer, S3Server, SshServer, Unavailable
 from services import mlflow_server as start_mlflow_server
+from services import s3_server as start_s3_server
+from services import ssh_server as start_ssh_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +84,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     home = tmp_path_factory.mktemp("mlflow-server")
     try:
         with start_mlflow_server(home / "artifacts", home / "server.log") as server:
+            yield server
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 with an empty bucket, for the session's DVC remotes over S3;
+    stopped when the session ends. Skips, saying why in one line, where it cannot start."""
+    home = tmp_path_factory.mktemp("s3-server")
+    try:
+        with start_s3_server(home / "server.log") as server:
+            yield server
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An SSH/SFTP server on 127.0.0.1 with a generated key (host, port, user, key file, root
+    directory), for the session's DVC remotes over SSH; stopped when the session ends. Skips, saying
+    why in one line, where it cannot start."""
+    home = tmp_path_factory.mktemp("ssh-server")
+    try:
+        with start_ssh_server(home, home / "server.log") as server:
             yield server
     except Unavailable as exc:
         pytest.skip(str(exc))
