@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from ratchet.data import versioning
+from ratchet.data import remotes, versioning
 from services import S3Server, SshServer, free_port
 
 pytestmark = pytest.mark.services
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
-REMOTE = "storage"  # the name the helper gives the workspace's default remote
+REMOTE = remotes.ORIGIN  # the DVC remote `ratchet init --remote URL` makes the default
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,6 @@ class Remote:
     local: dict[str, str]
     env: dict[str, str]
     stored: Callable[[], list[str]]  # every object path under the remote's URL, relative to it
-
-
-def use_remote(root: Path, remote: Remote) -> None:
-    """Make `remote` the default DVC remote of the workspace at `root`, and commit its URL.
-
-    Kept to this one function: `ratchet init --remote URL` is to replace the `dvc remote add`."""
-    versioning.dvc(root, "remote", "add", "-d", "-f", REMOTE, remote.url)
-    configure_locally(root, remote)
-    versioning.commit(root, [".dvc/config"], f"DVC remote: {remote.kind}")
 
 
 def configure_locally(root: Path, remote: Remote) -> None:
@@ -103,9 +94,15 @@ def unreachable(remote: Remote, request: pytest.FixtureRequest) -> Remote:
     return ssh_remote(request.getfixturevalue("ssh_server"), "x", dead)
 
 
-def new_workspace(root: Path, run_ratchet: RunRatchet) -> None:
-    done = run_ratchet("init", str(root), "--model-name", f"remotes-{root.parent.name}")
+def new_workspace(root: Path, run_ratchet: RunRatchet, remote: Remote) -> None:
+    """`ratchet init --remote URL`: the URL into params.yaml and the committed .dvc/config; the
+    endpoint or key file then as a user adds them, with `dvc remote modify --local`."""
+    done = run_ratchet(
+        "init", str(root), "--model-name", f"remotes-{root.parent.name}", "--remote", remote.url
+    )
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"DVC remote origin is now {remote.url}" in done.stdout
+    configure_locally(root, remote)
     params = root / "params.yaml"
     params.write_text(re.sub(r"num_epochs: \d+", "num_epochs: 1", params.read_text()))
     versioning.commit(root, ["params.yaml"], "one epoch")
@@ -130,8 +127,7 @@ def test_ingest_and_retrain_push_to_the_remote_and_a_clone_pulls_the_same(
 ) -> None:
     # given a workspace whose default remote is on the server
     root = tmp_path / "ws"
-    new_workspace(root, run_ratchet)
-    use_remote(root, remote)
+    new_workspace(root, run_ratchet, remote)
     assert "endpointurl" not in (root / ".dvc" / "config").read_text()
     assert "keyfile" not in (root / ".dvc" / "config").read_text()
     # when a batch is ingested and a cycle runs
@@ -174,8 +170,9 @@ def test_an_unreachable_remote_leaves_the_ingest_committed_and_says_so_once(
 ) -> None:
     # given a workspace whose remote's server cannot be reached (nothing listens on its port)
     root = tmp_path / "ws"
-    new_workspace(root, run_ratchet)
-    use_remote(root, unreachable(remote, request))
+    dead = unreachable(remote, request)
+    unreachable_url = dead.url
+    new_workspace(root, run_ratchet, dead)
     before = versioning.head(root)
     # when a batch is ingested
     done = run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
@@ -193,7 +190,9 @@ def test_an_unreachable_remote_leaves_the_ingest_committed_and_says_so_once(
     assert interrupted_ingest(root, run_ratchet) == {"committed": True, "batch_id": said[0].split()[3]}
 
     # when the remote is the reachable one again, the next ingest finishes the push that waited
-    versioning.dvc(root, "remote", "modify", REMOTE, "url", remote.url)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace(unreachable_url, remote.url))  # params.yaml is its home
+    versioning.commit(root, ["params.yaml"], "the DVC remote is reachable again")
     configure_locally(root, remote)
     again = run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
     assert again.returncode == 0, again.stdout + again.stderr
