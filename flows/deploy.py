@@ -100,10 +100,10 @@ def _ensure_pool(client: SyncPrefectClient, name: str, say: Callable[[str], None
 
 def deploy(ws: Workspace, say: Callable[[str], None]) -> str:
     """Create or update the workspace's deployment (and its work pool); returns the deployment id."""
-    url = _api()
     params = ws.params()
     schedule = params.schedule
-    cron = _cron(schedule.cron, schedule.timezone)
+    cron = _cron(schedule.cron, schedule.timezone)  # the params first: no server needed to refuse them
+    url = _api()
     name = params.registry.model_name
     full_name = deployment_name(ws)
     root = str(ws.root)

@@ -9,6 +9,7 @@ send is a warning line for the caller, never a failed ingest: the deployment's c
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from prefect.events import Event, Resource
@@ -53,6 +54,9 @@ def batch_ingested(root: Path, batch_id: str) -> str | None:
             }
         ),
     )
+    client_log = logging.getLogger("prefect.events.clients")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)  # its connection warning would be a second line of the same
     try:
         run_coro_as_sync(_send(url, event))
     except Exception as exc:  # noqa: BLE001 - any failure to announce leaves the ingest as it is
@@ -62,4 +66,6 @@ def batch_ingested(root: Path, batch_id: str) -> str | None:
             f"{BATCH_INGESTED} event ({type(exc).__name__}{': ' + cause if cause else ''}); "
             "the deployment's schedule picks it up"
         )
+    finally:
+        client_log.setLevel(level)
     return None
