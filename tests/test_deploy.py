@@ -243,7 +243,7 @@ def test_arriving_data_runs_the_cycle_on_the_worker_with_nobody_asking(
     deployed = ratchet(env, "deploy", "-w", str(root))
     assert deployed.returncode == 0, deployed.stderr
     log = tmp_path / "worker.log"
-    with api(real_server) as client, running_worker(root, env, log):
+    with api(real_server) as client, running_worker(root, env, log) as worker:
         deployment_id = deployed_id(client, "deploy-c")
 
         # when a batch is ingested, and nobody runs `ratchet retrain`
@@ -283,6 +283,10 @@ def test_arriving_data_runs_the_cycle_on_the_worker_with_nobody_asking(
         assert all(r.state is not None and r.state.is_completed() for r in runs), [r.state for r in runs]
         assert asked.id == runs[1].id
 
+    # the worker stopped by SIGTERM says so, and nothing else went wrong in it
+    output = log.read_text()
+    assert worker.returncode == 0 and output.rstrip().endswith("worker stopped"), output[-2000:]
+    assert "Traceback" not in output and "| ERROR" not in output, output[-4000:]
     batches = [b.batch_id for b in list_batches(root / "data")]
     assert len(batches) == 2 and batches[0] == first
     now = app.status(root)
