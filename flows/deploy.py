@@ -29,7 +29,7 @@ from types import FrameType
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import DeploymentApplyError, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.events.schemas.automations import Posture
 from prefect.exceptions import ObjectNotFound
@@ -146,7 +146,12 @@ def deploy(ws: Workspace, say: Callable[[str], None]) -> str:
         work_pool_name=schedule.work_pool,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    deployment_id = str(deployment.apply())
+    try:
+        deployment_id = str(deployment.apply())
+    except DeploymentApplyError as exc:
+        cause = (str(exc).strip().splitlines() or ["no reason given"])[0]
+        refused = f"the Prefect server at {url} refused the deployment {full_name}: {cause}"
+        raise RatchetError(refused) from None
     say(
         f"deployment {full_name} {'updated' if existing else 'created'} for {root}: "
         f"{ui}/deployments/deployment/{deployment_id}"
