@@ -16,14 +16,19 @@ from prefect.runtime import deployment
 
 from ratchet import intake
 from ratchet.errors import RatchetError
+from ratchet.flows.events import batch_ingested
+from ratchet.flows.retrain import retrain
 from ratchet.workspace import Workspace, open_workspace
-
-from .retrain import retrain
 
 
 @task(name="version-batch", task_run_name="version {batch.name}", cache_policy=NO_CACHE)
 def take_task(ws: Workspace, batch: Path) -> intake.Taken:
-    return intake.take(ws, batch, say=print)
+    taken = intake.take(ws, batch, say=print)
+    if taken.batch_id is not None:  # a deployment's trigger hears of it as of `ratchet ingest`
+        warning = batch_ingested(ws.root, taken.batch_id)
+        if warning:
+            print(f"warning: {warning}")
+    return taken
 
 
 @task(name="pending", cache_policy=NO_CACHE)

@@ -13,11 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment
 
 from ratchet import cycle as cyc
+from ratchet.flows import review
 from ratchet.registry import VersionInfo, open_registry
 from ratchet.stages.inputs import Cycle
 from ratchet.workspace import Workspace, open_workspace
-
-from . import review
 
 
 @task(name="plan", cache_policy=NO_CACHE)

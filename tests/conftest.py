@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Prefect server for the session, the digits stream as .npz batches; and
+"""Shared fixtures: a real Prefect server for the session (the test harness, and the real
+`prefect server start` with its services), the digits stream as .npz batches; and
 the fault suite's tally (tests marked `fault`): which faults were tried at how many points and how
 many held, printed after the run as the table the README's reliability section quotes. The tally
 lives here, not under tests/faults/, because with workers (`-n`) only this conftest runs in the
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from ratchet.data.digits import StreamBatch, digits_stream
-from services import MlflowServer, S3Server, SshServer, Unavailable
+from services import MlflowServer, PrefectServer, S3Server, SshServer, Unavailable
 from services import mlflow_server as start_mlflow_server
+from services import prefect_server as start_prefect_server
 from services import s3_server as start_s3_server
 from services import ssh_server as start_ssh_server
 
@@ -74,6 +76,19 @@ def prefect_server() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """The real `prefect server start` a user runs, scheduler and triggers included, for the session's
+    tests that need its services (the harness of `prefect_server` runs none); one for all of them,
+    stopped when the session ends. Skips, saying why in one line, where it cannot start."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    try:
+        with start_prefect_server(home) as server:
+            yield server
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

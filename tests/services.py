@@ -1,5 +1,6 @@
 """Real services for the tests marked `services`: a PostgreSQL server and an `mlflow server` on it;
-an S3 server (moto's) and an SSH server with SFTP (asyncssh's) for DVC remotes.
+the real `prefect server start`; an S3 server (moto's) and an SSH server with SFTP (asyncssh's) for
+DVC remotes.
 
 PostgreSQL is Debian's package (`.ci/postgresql` installs it as root, as `make test` runs it); its
 initdb and pg_ctl run from a temporary directory and listen on 127.0.0.1 only. PostgreSQL refuses
@@ -34,6 +35,7 @@ from typing import Any
 
 POSTGRES_STARTUP_S = 60
 MLFLOW_STARTUP_S = 180  # the server imports for 10-30 s on two busy cores, then migrates the database
+PREFECT_STARTUP_S = 90  # imports and a new SQLite database; ~15 s alone, more beside a busy test run
 SERVICE_USER = "nobody"  # who runs PostgreSQL when the tests run as root
 
 
@@ -314,3 +316,68 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, what:
         if time.monotonic() > deadline:
             raise Unavailable(f"{what} did not listen on 127.0.0.1:{port} in {SERVER_STARTUP_S} s")
         time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class PrefectServer:
+    api_url: str  # http://127.0.0.1:<port>/api
+    home: Path  # its PREFECT_HOME (the database)
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def output(self, since: int = 0) -> str:
+        """The server's log, from byte `since` on."""
+        with self.log.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+
+def prefect_healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+            return bool(response.read().strip() == b"true")
+    except OSError:
+        return False
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """`prefect server start`, its services (scheduler, triggers) included, on a free port with its
+    own PREFECT_HOME under `home`; stopped, with its children, on exit. Raises Unavailable, saying why
+    in one line, when it does not become healthy."""
+    port = free_port()
+    # nothing of the test session's Prefect settings (the harness, quieted console handlers) reaches it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+        # a deployment run refused its one concurrency slot is proposed again this much later
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2",
+    )
+    log = home / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = PrefectServer(f"http://127.0.0.1:{port}/api", home / "prefect-home", log, process)
+    try:
+        deadline = time.monotonic() + PREFECT_STARTUP_S
+        while not prefect_healthy(server.api_url):
+            if process.poll() is not None:
+                last = (server.output().strip().splitlines() or ["no output"])[-1]
+                raise Unavailable(f"prefect server exited with {process.returncode}: {last}")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"prefect server not healthy after {PREFECT_STARTUP_S} s (log: {log})")
+            time.sleep(0.25)
+        yield server
+    finally:
+        stop_group(process, grace=15)

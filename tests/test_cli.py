@@ -26,6 +26,8 @@ COMMANDS = [
     "ingest",
     "retrain",
     "inbox",
+    "deploy",
+    "worker",
     "status",
     "approve",
     "reject",
@@ -200,7 +202,8 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
     out = capsys.readouterr().out
     added = (
         "schema, registry.tracking_uri, registry.registry_uri, data.max_unpacked_bytes, train.seed, "
-        "train.threads, train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review, inbox, remotes"
+        "train.threads, train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review, inbox, remotes, "
+        "schedule"
     )
     assert f"params.yaml: added {added}" in out
     new = (root / "params.yaml").read_text()
@@ -231,6 +234,11 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         "remotes",
         "dvc",
         "git",
+        "schedule",
+        "cron",
+        "timezone",
+        "debounce_seconds",
+        "work_pool",
     ]
     params = init_workspace(root)[0].params()
     assert params.train.num_epochs == 3 and params.train.seed == 0 and params.gate.min_accuracy == 0.6

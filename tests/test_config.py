@@ -19,6 +19,7 @@ from ratchet.config import (
     RegistryParams,
     RemoteParams,
     ReviewParams,
+    ScheduleParams,
     TrainParams,
     complete_params,
     load_params,
@@ -406,6 +407,7 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "review",
         "inbox",
         "remotes",
+        "schedule",
     ]
     old_lines, new_lines = text.splitlines(), new.splitlines()
     inserted = [line for line in new_lines if line not in old_lines]
@@ -428,6 +430,11 @@ def test_complete_adds_exactly_the_missing_keys_and_changes_nothing_else() -> No
         "remotes",
         "dvc",
         "git",
+        "schedule",
+        "cron",
+        "timezone",
+        "debounce_seconds",
+        "work_pool",
     ]
     it = iter(new_lines)
     assert all(line in it for line in old_lines)  # every old line kept, in order
@@ -459,6 +466,7 @@ def test_complete_appends_a_missing_section_and_raises_an_old_schema() -> None:
         "review",
         "inbox",
         "remotes",
+        "schedule",
     ]
     assert new.startswith("schema: 2\n")
     assert new.endswith(render_params()[render_params().index("gate:") :])
@@ -494,5 +502,32 @@ def test_the_digest_covers_tunables_not_where_the_stores_are() -> None:
     reviewed = dataclasses.replace(base, review=ReviewParams(approval="manual", wait_minutes=5.0))
     elsewhere = dataclasses.replace(base, inbox=InboxParams(path="/srv/drop", ready_marker="DONE"))
     shared = dataclasses.replace(base, remotes=RemoteParams(dvc="s3://team/data", git="ssh://git@host/ws"))
+    later = dataclasses.replace(base, schedule=ScheduleParams(cron="*/5 * * * *", timezone="Europe/Paris"))
     assert moved.digest() == base.digest() == reviewed.digest() == elsewhere.digest() == shared.digest()
+    assert base.digest() == later.digest()
     assert base.digest() != tuned.digest()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("cron", "0 * * *", "params: schedule.cron must be a cron expression of five fields"),
+        ("cron", "every hour", "params: schedule.cron must be a cron expression of five fields"),
+        ("timezone", "Mars/Olympus", "params: schedule.timezone is not a time zone, got 'Mars/Olympus'"),
+        ("debounce_seconds", -1, "params: schedule.debounce_seconds must not be negative, got -1"),
+    ],
+)
+def test_schedule_knobs_are_checked_in_one_line(key: str, value: object, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_params({"schedule": {key: value}})
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_schedule_defaults_are_hourly_in_utc() -> None:
+    schedule = parse_params({}).schedule
+    assert (schedule.cron, schedule.timezone, schedule.debounce_seconds, schedule.work_pool) == (
+        "0 * * * *",
+        "UTC",
+        60,
+        "ratchet",
+    )

@@ -17,9 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import resume_flow_run
-from ratchet.flows import review
 
 from ratchet import app
+from ratchet.flows import review
 from ratchet.workspace import init_workspace, open_workspace
 
 # the flow as a deployment run would call it, in its own process: the test answers from outside

@@ -64,10 +64,11 @@ def ingest(
     progress: ProgressFn | None = None,
     version: bool = True,
     recovered: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Ingested:
     """Ingest one batch and (unless told not to) version it with DVC, as one transaction
     (`ratchet.data.journal`). An ingest a killed process left is finished first, and `recovered`
-    told what that did."""
+    told what that did. A versioned batch is announced to a configured Prefect API (`announce`)."""
     from ratchet import intake
 
     ws = open_workspace(workspace)
@@ -75,7 +76,20 @@ def ingest(
     if not source.exists():
         raise InputError(f"batch not found: {source}")
     with ws.lock():
-        return intake.ingest(ws, params, source, progress, version, recovered)
+        done = intake.ingest(ws, params, source, progress, version, recovered)
+    if version and done.report.batch_id is not None:
+        announce(ws, done.report.batch_id, warn)
+    return done
+
+
+def announce(ws: Workspace, batch_id: str, warn: Callable[[str], None] | None) -> None:
+    """Tell a configured Prefect API that a batch was versioned (the event a deployment of `ratchet
+    deploy` is triggered by); a failure is one line for `warn`, never a failed ingest."""
+    from ratchet.flows.events import batch_ingested
+
+    warning = batch_ingested(ws.root, batch_id)
+    if warning and warn is not None:
+        warn(warning)
 
 
 def _checked(workspace: Path, strategy: str | None) -> Workspace:
@@ -129,6 +143,26 @@ def inbox(workspace: Path) -> InboxRun:
     intake.inbox_dir(ws, ws.params())
     run: InboxRun = ingest_and_retrain(workspace=str(ws.root))
     return run
+
+
+def deploy(workspace: Path, say: Callable[[str], None]) -> str:
+    """Create or update the workspace's deployment of `ingest-and-retrain` on the configured Prefect
+    server (its work pool too): cron schedule, data-arrival trigger, one run at a time. Returns its id."""
+    ws = open_workspace(workspace)
+    ws.params()  # bad params fail in one line before Prefect is imported
+    from ratchet.flows.deploy import deploy as register
+
+    deployment_id: str = register(ws, say)
+    return deployment_id
+
+
+def worker(workspace: Path, say: Callable[[str], None]) -> None:
+    """Run a Prefect process worker on the workspace's work pool until Ctrl-C or SIGTERM."""
+    ws = open_workspace(workspace)
+    ws.params()
+    from ratchet.flows.deploy import work
+
+    work(ws, say)
 
 
 @dataclass(frozen=True)

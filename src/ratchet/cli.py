@@ -1,5 +1,5 @@
-"""The `ratchet` command: init, ingest, retrain, inbox, status, approve, reject, override, history, requeue,
-drop, rollback, replay, demo, reference-data.
+"""The `ratchet` command: init, ingest, retrain, inbox, deploy, worker, status, approve, reject,
+override, history, requeue, drop, rollback, replay, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
 means a bug: it goes to the workspace's .ratchet/ratchet.log, and --debug (or RATCHET_DEBUG=1)
@@ -71,12 +71,40 @@ def ingest_progress(source: Path) -> ProgressFn:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ratchet import app
 
-    done = app.ingest(args.workspace, args.path, ingest_progress(args.path), recovered=print)
+    done = app.ingest(args.workspace, args.path, ingest_progress(args.path), recovered=print, warn=_warn)
     if done.data_version is not None:
         print(f"data version {done.data_version}")
     print(done.report.summary())
     if done.report.batch_id is None:
         print("nothing new: every usable sample is already ingested")
+    return 0
+
+
+def _warn(line: str) -> None:
+    print(f"ratchet: warning: {line}", file=sys.stderr)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from ratchet import app
+    from ratchet.workspace import open_workspace
+
+    root = open_workspace(args.workspace).root
+    from ratchet.flows import deploy  # noqa: F401 - configures Prefect's logging, adjusted next
+
+    with _prefect_output(root, args):
+        app.deploy(args.workspace, print)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ratchet import app
+    from ratchet.workspace import open_workspace
+
+    root = open_workspace(args.workspace).root
+    from ratchet.flows import deploy  # noqa: F401 - configures Prefect's logging, adjusted next
+
+    with _prefect_output(root, args):
+        app.worker(args.workspace, lambda line: print(line, flush=True))
     return 0
 
 
@@ -501,6 +529,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workspace_arg(p)
     p.set_defaults(func=cmd_inbox)
+
+    p = sub.add_parser(
+        "deploy",
+        help="create or update this workspace's deployment on the Prefect server (PREFECT_API_URL)",
+        description="On the Prefect server PREFECT_API_URL (or the Prefect profile) names: create the "
+        "process work pool params.yaml schedule.work_pool if missing, and one deployment of the flow "
+        "ingest-and-retrain for this workspace, named after its registered model: a run on the cron "
+        "schedule.cron (in schedule.timezone), a run schedule.debounce_seconds after a batch is "
+        "ingested (batches arriving meanwhile join it), one run at a time. `ratchet worker` runs them.",
+    )
+    workspace_arg(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "worker",
+        help="run the deployment's runs: a Prefect process worker on the work pool, until Ctrl-C",
+        description="Poll the work pool params.yaml schedule.work_pool on the Prefect server and run "
+        "each flow run in a subprocess of this Python environment, until Ctrl-C or SIGTERM.",
+    )
+    workspace_arg(p)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="the champion and every version with lineage, metrics and reasons")
     workspace_arg(p)

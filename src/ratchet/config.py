@@ -347,6 +347,52 @@ class InboxParams:
     )
 
 
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?#-]+")
+
+
+def _cron(expr: str) -> bool:
+    """Five fields of cron characters; `ratchet deploy` has Prefect check the rest (ranges, names)."""
+    fields = expr.split()
+    return len(fields) == 5 and all(_CRON_FIELD.fullmatch(f) for f in fields)
+
+
+def _timezone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    cron: str = knob(
+        "0 * * * *",
+        "when the deployment of `ratchet deploy` runs a cycle anyway (minute hour day month weekday): "
+        "picks up batches no event announced",
+        check=_cron,
+        why="must be a cron expression of five fields, e.g. '0 * * * *'",
+    )
+    timezone: str = knob(
+        "UTC",
+        "IANA time zone the cron is read in, e.g. Europe/Paris",
+        check=_timezone,
+        why="is not a time zone",
+    )
+    debounce_seconds: int = knob(
+        60,
+        "a batch's arrival starts a run this long after it, and further arrivals within it join that "
+        "run: five batches landing in a minute make one cycle",
+        check=_not_negative,
+        why=NOT_NEGATIVE,
+    )
+    work_pool: str = knob(
+        "ratchet", "Prefect process work pool the deployment's runs go to; `ratchet worker` polls it"
+    )
+
+
 @dataclass(frozen=True)
 class RemoteParams:
     dvc: str | None = knob(
@@ -384,6 +430,10 @@ class Params:
     )
     # where the history is shared changes no candidate either
     remotes: RemoteParams = section(RemoteParams, 'Shared remotes for team mode (README "Team mode").')
+    # nor when a cycle runs
+    schedule: ScheduleParams = section(
+        ScheduleParams, "The deployment `ratchet deploy` makes on a Prefect server, run by `ratchet worker`."
+    )
 
     def digest(self) -> str:
         """Short stable hash of every tunable: the `params_hash` lineage tag and part of a cycle's id.
@@ -394,6 +444,7 @@ class Params:
         del tunables["review"]  # who approves changes no candidate
         del tunables["inbox"]  # nor does where batches arrive
         del tunables["remotes"]  # nor where the history is shared
+        del tunables["schedule"]  # nor when a cycle runs
         blob = json.dumps(tunables, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
