@@ -7,7 +7,7 @@ PYTHON  ?= python3
 # processes); loadfile keeps each file's shared workspaces in one process
 TEST_WORKERS ?= 2
 
-.PHONY: demo test data repro ui lint bench
+.PHONY: demo demo-team test data repro ui lint bench
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)  ## the embedded digits stream through the real cycle, in a throwaway workspace
 	$(BIN)/ratchet demo
+
+demo-team: $(STAMP)  ## team mode on this machine: PostgreSQL (installed as root on Debian), MLflow and Prefect servers and a worker on 127.0.0.1; stops them all
+	@sh .ci/postgresql
+	$(BIN)/ratchet demo-team
 
 test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test and PostgreSQL for the tracking-server tests
 	@sh .ci/chromium

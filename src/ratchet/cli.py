@@ -431,6 +431,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(args.workspace)
 
 
+def cmd_demo_team(args: argparse.Namespace) -> int:
+    from ratchet.demo_team import run_demo_team
+
+    # Prefect stays out of this process: `ratchet deploy` and the worker run as a user runs them
+    return run_demo_team(args.directory, lambda line: print(line, flush=True))
+
+
 def cmd_reference_data(args: argparse.Namespace) -> int:
     from ratchet import app
 
@@ -623,6 +630,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workspace", type=Path, help="where to build the demo workspace (default: a new temp dir)"
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "demo-team",
+        help="team mode on this machine: PostgreSQL, MLflow and Prefect servers, a worker; the schedule "
+        "takes the digits batches from the inbox, then the same table",
+    )
+    p.add_argument(
+        "--directory", type=Path, help="where the services and the workspace live (default: a new temp dir)"
+    )
+    p.set_defaults(func=cmd_demo_team)
 
     p = sub.add_parser("reference-data", help="regenerate the reference stream tracked by data.dvc, offline")
     p.add_argument("directory", type=Path, nargs="?", default=Path("."), help="workspace (default: .)")
