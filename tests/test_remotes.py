@@ -134,18 +134,22 @@ def test_ingest_and_retrain_push_to_the_remote_and_a_clone_pulls_the_same(
     ingested = run_ratchet("ingest", str(stream_files["digits-0-4"]), "-w", str(root))
     assert ingested.returncode == 0, ingested.stdout + ingested.stderr
     assert "not backed up" not in ingested.stdout + ingested.stderr
-    cycle = run_ratchet("retrain", "-w", str(root), api_url=prefect_server)
-    output = cycle.stdout + cycle.stderr
-    assert cycle.returncode == 0, output
-    assert "not backed up" not in output and "Traceback" not in output
-    # then the data, the parent, the prepared data and the candidate (each a directory DVC caches:
-    # its listing, `<md5>.dir`, and every file in it) are on the server, under DVC's names
+    # (a cycle's outputs go through the same `dvc push`: one kind of remote is enough for them)
+    cycled = remote.kind == "s3"
+    if cycled:
+        cycle = run_ratchet("retrain", "-w", str(root), api_url=prefect_server)
+        output = cycle.stdout + cycle.stderr
+        assert cycle.returncode == 0, output
+        assert "not backed up" not in output and "Traceback" not in output
+    # then the data (and the parent, the prepared data and the candidate: each a directory DVC
+    # caches: its listing, `<md5>.dir`, and every file in it) are on the server, under DVC's names
     stored = set(remote.stored())
-    hashes = versioning.lock_hashes(root)
-    for path in ("data", "parent", "artifacts/prepared", "artifacts/candidate"):
-        md5 = hashes[path]
+    hashes = versioning.lock_hashes(root) if cycled else {"data": data_md5(root)}
+    for path, md5 in hashes.items():
+        if path not in ("data", "parent", "artifacts/prepared", "artifacts/candidate"):
+            continue
         assert f"files/md5/{md5[:2]}/{md5[2:]}" in stored, (path, sorted(stored)[:5])
-    assert len(stored) > 4
+    assert len(stored) > (4 if cycled else 3)  # the listings and the files in them
     assert "in sync" in versioning.dvc(root, "status", "--cloud")
     assert versioning.git(root, "status", "--porcelain") == ""
 
@@ -153,14 +157,23 @@ def test_ingest_and_retrain_push_to_the_remote_and_a_clone_pulls_the_same(
     clone = tmp_path / "clone"
     versioning.git(tmp_path, "clone", "-q", str(root), str(clone))
     configure_locally(clone, remote)
-    versioning.dvc(clone, "pull")
-    # then it has the same data and candidate, as DVC sees them and byte for byte
-    assert versioning.lock_hashes(clone) == hashes
-    assert "up to date" in versioning.dvc(clone, "status")
-    same = ("data", "parent", "artifacts/candidate", "artifacts/eval")
+    versioning.dvc(clone, "pull", *([] if cycled else ["data.dvc"]))
+    # then it has the same data (and candidate), as DVC sees them and byte for byte
+    if cycled:
+        assert versioning.lock_hashes(clone) == hashes
+        assert "up to date" in versioning.dvc(clone, "status")
+    same = ("data", "parent", "artifacts/candidate", "artifacts/eval") if cycled else ("data",)
     assert tree_hashes(clone, *same) == tree_hashes(root, *same)
 
 
+def data_md5(root: Path) -> str:
+    return next(
+        ln.split(":", 1)[1].strip() for ln in (root / "data.dvc").read_text().splitlines() if "md5:" in ln
+    )
+
+
+# the same code path for any kind; ssh refuses at once where botocore retries for ~12 s
+@pytest.mark.parametrize("remote", ["ssh"], indirect=True)
 def test_an_unreachable_remote_leaves_the_ingest_committed_and_says_so_once(
     remote: Remote,
     run_ratchet: RunRatchet,

@@ -113,6 +113,9 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     Returns the registry and the params as they are after all that (a pull may change them)."""
     if strategy is not None:
         strategies.check(strategy)
+    # the remotes params.yaml names, before anything pushes (a fixed URL is what the retry needs)
+    for line in remotes.configure(ws.root, ws.params().remotes):
+        print(line)
     recovered = journal.recover(ws.root, ws.data_dir)
     if recovered:
         print(recovered)

@@ -70,13 +70,16 @@ def ingest(
     if not version:  # regenerating committed data: nothing to record
         report = ingest_batch(source, ws.data_dir, params.data, progress, dropped, ready_marker=ready_marker)
         return Ingested(report, None)
-    finished = journal.recover(ws.root, ws.data_dir)
-    if finished and recovered is not None:
-        recovered(finished)
-    pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
-    if pushed and recovered is not None:
-        recovered(pushed)
     say = recovered or (lambda _line: None)
+    # the remotes params.yaml names, before anything pushes (a fixed URL is what the retry needs)
+    for line in remotes.configure(ws.root, params.remotes):
+        say(line)
+    finished = journal.recover(ws.root, ws.data_dir)
+    if finished:
+        say(finished)
+    pushed = versioning.push_unpushed(ws.root)  # what the last cycle could not back up
+    if pushed:
+        say(pushed)
     remotes.sync(ws.root, params.remotes, say)
     params = ws.params()  # as the pull left them
     for _attempt in range(3):
