@@ -72,8 +72,8 @@ def test_an_s3_inbox_versions_complete_batches_moves_them_on_s3_and_never_twice(
     prefect_server: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # given an S3 inbox with an .npz, a marked directory, a corrupt .npz, an unmarked directory and
-    # an .npz still being written
+    # given an S3 inbox with an .npz, a marked directory, a corrupt .npz, an unmarked directory, an
+    # .npz still being written and a hidden object
     server, prefix = s3_env, "team/incoming"
     root = make_workspace(tmp_path / "ws", f"s3://{s3_env.bucket}/{prefix}")
     s3 = server.client()
@@ -90,8 +90,10 @@ def test_an_s3_inbox_versions_complete_batches_moves_them_on_s3_and_never_twice(
     for i, (image, label) in enumerate(zip(folder.images[60:70], folder.labels[60:70], strict=True)):
         put(f"unmarked/{label}/{i:04d}.png", png(image))
     put("digits-rest.npz.part", stream_files["digits-rest"].read_bytes()[:5000])
+    put(".upload-digits-rest.npz", b"")  # hidden: not a batch at all
     before = objects(server, prefix)
-    untouched = {k: v for k, v in before.items() if k.startswith(("unmarked/", "digits-rest"))}
+    waiting = ("unmarked/", "digits-rest", ".upload")
+    untouched = {k: v for k, v in before.items() if k.startswith(waiting)}
 
     # when the command runs the flow once
     assert main(["inbox", "-w", str(root)]) == 0
@@ -112,7 +114,8 @@ def test_an_s3_inbox_versions_complete_batches_moves_them_on_s3_and_never_twice(
     assert reason.decode().startswith("bad.npz: not a valid .npz file") and STATE_DIR not in reason.decode()
     assert "rejected/bad.npz" in after and "bad.npz" not in after
     # the incomplete two are left alone and said to wait
-    assert {k: v for k, v in after.items() if k.startswith(("unmarked/", "digits-rest"))} == untouched
+    assert {k: v for k, v in after.items() if k.startswith(waiting)} == untouched
+    assert ".upload-digits-rest.npz" not in out
     assert "unmarked: waiting (incomplete: no _READY in it yet)" in out
     assert "digits-rest.npz.part: waiting (incomplete: still being written)" in out
     # exactly one cycle learned both, and no staged copy is left
