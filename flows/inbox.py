@@ -3,7 +3,8 @@
 Each batch is its own task (`intake.take`, the ingest `ratchet ingest` runs), oldest first, so a
 batch refused whole is set aside with its reason while the others go on. Then, if a batch was
 versioned or one is pending, the retrain flow runs as a subflow. The only parameter is the
-workspace: where the inbox is and what marks a batch complete are in its params.yaml.
+workspace: where the inbox is (a local directory or an s3:// prefix) and what marks a batch complete
+are in its params.yaml.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from ratchet.flows.retrain import retrain
 from ratchet.workspace import Workspace, open_workspace
 
 
-@task(name="version-batch", task_run_name="version {batch.name}", cache_policy=NO_CACHE)
-def take_task(ws: Workspace, batch: Path) -> intake.Taken:
-    taken = intake.take(ws, batch, say=print)
+@task(name="version-batch", task_run_name="version {arrival.name}", cache_policy=NO_CACHE)
+def take_task(ws: Workspace, inbox: intake.Inbox, arrival: intake.Arrival) -> intake.Taken:
+    taken = inbox.take(ws, arrival, say=print)
     if taken.batch_id is not None:  # a deployment's trigger hears of it as of `ratchet ingest`
         warning = batch_ingested(ws.root, taken.batch_id)
         if warning:
@@ -42,25 +43,36 @@ def ingest_and_retrain(workspace: str = ".") -> intake.InboxRun:
     train on; returns what became of each batch and the cycle's outcome."""
     ws = open_workspace(Path(workspace))
     params = ws.params()
-    inbox = intake.inbox_dir(ws, params)
+    inbox = intake.open_inbox(ws, params)
     taken: list[intake.Taken] = []
-    for arrival in intake.scan(inbox, params.inbox.ready_marker):
-        name = arrival.path.name
+    try:
+        arrivals = inbox.scan()
+    except RatchetError as exc:  # an S3 inbox out of reach: nothing taken, pending batches still trained
+        print(f"{exc}: nothing versioned")
+        arrivals, unreadable = [], str(exc)
+    else:
+        unreadable = ""
+    for arrival in arrivals:
+        name = arrival.name
         if arrival.waiting_for:  # left alone, untouched, until upstream finishes it
             taken.append(intake.Taken(name, "waiting", arrival.waiting_for))
             continue
         try:
-            taken.append(take_task(ws, arrival.path))
+            taken.append(take_task(ws, inbox, arrival))
         except RatchetError as exc:  # git, DVC or the lock, not the batch: it stays for the next run
             print(f"{name}: left in the inbox for the next run: {exc}")
             taken.append(intake.Taken(name, "left", str(exc)))
     if not any(t.status == "versioned" for t in taken) and not pending_task(ws):
         print("no cycle: nothing was versioned and no batch is pending")
-        return intake.InboxRun(inbox, tuple(taken), cycle_ran=False, outcome=None)
+        return intake.InboxRun(
+            inbox.location, tuple(taken), cycle_ran=False, outcome=None, unreadable=unreadable
+        )
     # a scheduled run has nobody at a terminal: like the retrain flow's deployments, it may pause
     # for a reviewer in the Prefect UI; `ratchet inbox` never does
     outcome = retrain(workspace=str(ws.root), wait_for_review=deployment.get_id() is not None)
-    return intake.InboxRun(inbox, tuple(taken), cycle_ran=True, outcome=outcome)
+    return intake.InboxRun(
+        inbox.location, tuple(taken), cycle_ran=True, outcome=outcome, unreadable=unreadable
+    )
 
 
 if __name__ == "__main__":

@@ -138,9 +138,11 @@ def inbox(workspace: Path) -> InboxRun:
     from ratchet import intake
     from ratchet.flows.inbox import ingest_and_retrain
 
-    # fail with one line before starting Prefect
+    # fail with one line before starting Prefect: a local inbox where it cannot be, an S3 one out of reach
     ws = open_workspace(workspace)
-    intake.inbox_dir(ws, ws.params())
+    box = intake.open_inbox(ws, ws.params())
+    if isinstance(box, intake.S3Inbox):
+        box.scan()
     run: InboxRun = ingest_and_retrain(workspace=str(ws.root))
     return run
 

@@ -209,7 +209,9 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
     with _prefect_output(open_workspace(args.workspace).root, args):
         run = app.inbox(args.workspace)
-    if not run.batches:
+    if run.unreadable:
+        print(f"{run.unreadable}: nothing versioned")
+    elif not run.batches:
         print(f"inbox {run.inbox}: empty")
     for taken in run.batches:
         print(taken.line())
@@ -218,7 +220,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     else:
         print("no cycle: nothing was versioned and no batch is pending")
     # a set-aside batch was dealt with; one left in the inbox means git, DVC or the lock failed
-    return 1 if run.with_status("left") else 0
+    return 1 if run.with_status("left") or run.unreadable else 0
 
 
 def print_cycle(workspace: Path, outcome: Outcome | None) -> None:

@@ -336,7 +336,9 @@ def _file_name(name: str) -> bool:
 class InboxParams:
     path: str = knob(
         "incoming",
-        "where upstream drops new batches (relative to the workspace, or absolute); outside data/",
+        "where upstream drops new batches: a directory (relative to the workspace, or absolute; outside "
+        "data/) or an s3://bucket/prefix URL (credentials and endpoint from the environment, as boto3 "
+        "reads them)",
     )
     ready_marker: str = knob(
         "_READY",

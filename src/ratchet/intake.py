@@ -1,6 +1,7 @@
 """Taking batches in: the versioned ingest that `ratchet ingest` and the inbox share, and the inbox.
 
-The inbox is a directory (params.yaml `inbox.path`) where upstream drops batches. An `.npz` is
+The inbox is a directory (params.yaml `inbox.path`), or an S3 prefix (`S3Inbox`, the same rules
+over objects, moved by copy then delete), where upstream drops batches. An `.npz` is
 complete as it appears: upstream writes it under a temporary name (starting with `.`, or ending in
 `.tmp` or `.part`) and renames it. A batch directory is complete once it holds `inbox.ready_marker`.
 `take` versions one complete batch with the same `ingest` as `ratchet ingest`, and only then moves
@@ -18,12 +19,14 @@ DVC or the lock fail, it stays where it is for the next run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from datetime import datetime
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from ratchet import faults
+from ratchet import faults, state
 from ratchet.atomic import write_text
 from ratchet.config import Params
 from ratchet.errors import BatchRefused, InputError, RatchetError
@@ -116,8 +119,13 @@ def inbox_dir(ws: Workspace, params: Params) -> Path:
 
 @dataclass(frozen=True)
 class Arrival:
-    path: Path
+    path: PurePath  # a local inbox: the entry (a Path); an S3 inbox: bucket/prefix/name
     waiting_for: str  # why it is not complete yet; "" when it is
+    directory: bool = False  # a batch directory (an S3 inbox: a common prefix), not one file
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 def scan(inbox: Path, ready_marker: str) -> list[Arrival]:
@@ -140,7 +148,7 @@ def scan(inbox: Path, ready_marker: str) -> list[Arrival]:
             mtime = entry.lstat().st_mtime_ns
         except FileNotFoundError:  # renamed away while we looked
             continue
-        found.append((mtime, name, Arrival(entry, waiting_for)))
+        found.append((mtime, name, Arrival(entry, waiting_for, entry.is_dir())))
     return [arrival for _, _, arrival in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
@@ -172,10 +180,11 @@ class Taken:
 
 @dataclass(frozen=True)
 class InboxRun:
-    inbox: Path
+    inbox: str  # the local path, or the s3:// URL
     batches: tuple[Taken, ...]  # in the order they were taken
     cycle_ran: bool  # the retrain flow ran (it may still have found nothing to do)
     outcome: Outcome | None  # the cycle's, when it ran one
+    unreadable: str = ""  # why the inbox could not be listed (an S3 inbox); "" when it was
 
     def with_status(self, status: Status) -> list[str]:
         return [t.name for t in self.batches if t.status == status]
@@ -189,25 +198,33 @@ def take(ws: Workspace, batch: Path, say: Callable[[str], None] | None = None) -
     with ws.lock():  # held across the move: no other command sees the batch versioned and still here
         if not os.path.lexists(batch):
             raise RatchetError(f"{batch.name} is no longer in the inbox (another run took it)")
-        try:
-            done = ingest(ws, params, batch, recovered=say, ready_marker=params.inbox.ready_marker)
-        except BatchRefused as exc:  # the batch's fault; a corrupted workspace's InputError is not
-            reason = str(exc).replace(str(batch), batch.name)  # the reason file sits beside it
-            taken = Taken(batch.name, "set aside", reason, moved_to=_move(batch, REJECTED, reason))
-        else:
-            faults.reached("inbox:versioned")
-            report = done.report
-            if report.batch_id is None:
-                note = (
-                    f"all {len(report.duplicates)} usable samples were ingested before: "
-                    "nothing new, no batch made"
-                )
-                taken = Taken(batch.name, "already versioned", note, moved_to=_move(batch, DONE, note))
-            else:
-                taken = Taken(batch.name, "versioned", _counts(report), report.batch_id, _move(batch, DONE))
+        taken = _version(ws, params, batch, batch.name, lambda folder, note: _move(batch, folder, note), say)
     if say is not None:
         say(taken.line())
     return taken
+
+
+def _version(
+    ws: Workspace,
+    params: Params,
+    source: Path,
+    name: str,
+    move: Callable[[str, str], str],
+    say: Callable[[str], None] | None,
+) -> Taken:
+    """Ingest `source` (the batch `name`, or its staged copy), then `move(folder, note)` it out of the
+    inbox: to done/, or refused whole to rejected/ with its reason. The caller holds the lock."""
+    try:
+        done = ingest(ws, params, source, recovered=say, ready_marker=params.inbox.ready_marker)
+    except BatchRefused as exc:  # the batch's fault; a corrupted workspace's InputError is not
+        reason = str(exc).replace(str(source), name)  # the reason file sits beside it
+        return Taken(name, "set aside", reason, moved_to=move(REJECTED, reason))
+    faults.reached("inbox:versioned")
+    report = done.report
+    if report.batch_id is None:
+        note = f"all {len(report.duplicates)} usable samples were ingested before: nothing new, no batch made"
+        return Taken(name, "already versioned", note, moved_to=move(DONE, note))
+    return Taken(name, "versioned", _counts(report), report.batch_id, move(DONE, ""))
 
 
 def pending(ws: Workspace) -> list[str]:
@@ -244,3 +261,230 @@ def _move(batch: Path, folder: str, note: str = "") -> str:
         write_text(to / f"{target.name}.{kind}.txt", note + "\n")
     os.rename(batch, target)
     return f"{folder}/{target.name}"
+
+
+# ---- where the inbox is: a local directory or an S3 prefix ----------------------------------------
+
+S3_SCHEME = "s3://"
+STAGING = "inbox-staging"  # under .ratchet/: where a batch of an S3 inbox is downloaded to be ingested
+
+
+class Inbox(Protocol):
+    """An inbox the flow scans and takes batches from."""
+
+    @property
+    def location(self) -> str:
+        """As printed: the local path, or the s3:// URL."""
+        ...
+
+    def scan(self) -> list[Arrival]:
+        """What is in it, oldest first; RatchetError in one line where it cannot be listed."""
+        ...
+
+    def take(self, ws: Workspace, arrival: Arrival, say: Callable[[str], None] | None = None) -> Taken:
+        """Version one complete batch and move it out (`take`)."""
+        ...
+
+
+def open_inbox(ws: Workspace, params: Params) -> Inbox:
+    """params.yaml `inbox.path`: an `s3://bucket/prefix` URL, or a local directory (`inbox_dir`)."""
+    path = params.inbox.path
+    if path.startswith(S3_SCHEME):
+        return S3Inbox(path, params.inbox.ready_marker)
+    if "://" in path:
+        raise InputError(f"params: inbox.path {path!r}: an inbox is a local directory or an s3:// URL")
+    return LocalInbox(inbox_dir(ws, params), params.inbox.ready_marker)
+
+
+@dataclass(frozen=True)
+class LocalInbox:
+    path: Path
+    ready_marker: str
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def scan(self) -> list[Arrival]:
+        return scan(self.path, self.ready_marker)
+
+    def take(self, ws: Workspace, arrival: Arrival, say: Callable[[str], None] | None = None) -> Taken:
+        return take(ws, Path(arrival.path), say)
+
+
+class ObjectStore(Protocol):
+    """The part of s3fs's `S3FileSystem` the S3 inbox uses (paths are bucket/key, no scheme)."""
+
+    def ls(self, path: str, detail: bool, refresh: bool) -> list[Mapping[str, object]]: ...
+    def info(self, path: str) -> Mapping[str, object]: ...
+    def find(self, path: str) -> list[str]: ...
+    def exists(self, path: str) -> bool: ...
+    def get_file(self, rpath: str, lpath: str) -> None: ...
+    def pipe_file(self, path: str, value: bytes) -> None: ...
+    def cp_file(self, path1: str, path2: str) -> None: ...
+    def rm(self, path: list[str]) -> None: ...
+    def call_s3(self, method: str, **kwargs: str) -> Mapping[str, object]: ...
+
+
+class S3Inbox:
+    """An inbox under an S3 prefix, with the local inbox's semantics. Credentials and endpoint come
+    from the environment as boto3 reads them (AWS_ACCESS_KEY_ID, AWS_PROFILE, AWS_ENDPOINT_URL, ...).
+
+    A batch is downloaded to `.ratchet/inbox-staging/<name>`, ingested from there by the same
+    `ingest`, and only after the ingest returned (committed and pushed) moved to done/ or rejected/:
+    copied, then deleted (S3 has no rename). A process killed between copy and delete leaves the batch
+    in the inbox and a copy in done/: the next run finds every sample ingested before and moves it to
+    done/ again under a new name."""
+
+    def __init__(self, url: str, ready_marker: str) -> None:
+        self.url = url.rstrip("/")
+        self.root = self.url.removeprefix(S3_SCHEME)  # bucket/prefix
+        self.bucket = self.root.partition("/")[0]
+        if not self.bucket:
+            raise InputError(f"params: inbox.path {url!r} names no bucket")
+        self.ready_marker = ready_marker
+        self._store: ObjectStore | None = None
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            import s3fs
+
+            # no listings cache: each scan and each move sees the bucket as it is now
+            self._store = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+        return self._store
+
+    def scan(self) -> list[Arrival]:
+        """One level under the prefix, oldest first (LastModified; a directory: its marker's), then
+        name; directories still without their marker come last."""
+        fs = self.store()
+        try:
+            try:
+                entries = fs.ls(self.root, detail=True, refresh=True)
+            except FileNotFoundError:  # no object under the prefix yet, or no bucket at all
+                try:
+                    fs.call_s3("head_bucket", Bucket=self.bucket)
+                except FileNotFoundError:
+                    raise RatchetError(
+                        f"inbox {self.url}: cannot list it: no bucket {self.bucket!r}"
+                    ) from None
+                return []
+            found: list[tuple[float, str, Arrival]] = []
+            for entry in entries:
+                key = str(entry["name"]).rstrip("/")
+                name = key.rpartition("/")[2]
+                directory = entry["type"] == "directory"
+                if key == self.root or name.startswith(".") or (directory and name in (DONE, REJECTED)):
+                    continue
+                when = _timestamp(entry.get("LastModified"))
+                if name.endswith(UNFINISHED_SUFFIXES):
+                    waiting_for = "still being written"
+                elif directory:
+                    marker = self._marker_time(fs, key)
+                    waiting_for = "" if marker is not None else f"no {self.ready_marker} in it yet"
+                    when = marker if marker is not None else float("inf")
+                else:
+                    waiting_for = ""
+                found.append((when, name, Arrival(PurePosixPath(key), waiting_for, directory)))
+        except RatchetError:
+            raise
+        except Exception as exc:  # botocore's and s3fs's: no route, no credentials, access denied
+            raise RatchetError(f"inbox {self.url}: cannot list it: {_one_line(exc)}") from None
+        return [arrival for _, _, arrival in sorted(found, key=lambda f: (f[0], f[1]))]
+
+    def _marker_time(self, fs: ObjectStore, key: str) -> float | None:
+        try:
+            info = fs.info(f"{key}/{self.ready_marker}")
+        except FileNotFoundError:
+            return None
+        return _timestamp(info.get("LastModified")) if info.get("type") == "file" else None
+
+    def take(self, ws: Workspace, arrival: Arrival, say: Callable[[str], None] | None = None) -> Taken:
+        """Download the batch, version it from the staged copy as `take` does a local one, then move it
+        on S3; the staged copy is removed whatever happened."""
+        params = ws.params()
+        name, key = arrival.name, str(arrival.path)
+        fs = self.store()
+        with ws.lock():
+            objects = self._objects(fs, arrival)
+            staging = state.directory(ws.root) / STAGING
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+            staging.mkdir()
+            try:
+                local = staging / name
+                self._download(fs, key, objects, local)
+
+                def move(folder: str, note: str) -> str:
+                    return self._move(fs, arrival, objects, folder, note)
+
+                taken = _version(ws, params, local, name, move, say)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        if say is not None:
+            say(taken.line())
+        return taken
+
+    def _objects(self, fs: ObjectStore, arrival: Arrival) -> list[str]:
+        """The batch's object keys: the .npz, or everything under the directory."""
+        key = str(arrival.path)
+        try:
+            if arrival.directory:
+                objects = [k for k in fs.find(key) if k.rstrip("/") != key and not k.endswith("/")]
+            else:
+                objects = [key] if fs.exists(key) else []
+        except Exception as exc:
+            raise RatchetError(f"inbox {self.url}: cannot list {arrival.name}: {_one_line(exc)}") from None
+        if not objects:
+            raise RatchetError(f"{arrival.name} is no longer in the inbox (another run took it)")
+        return objects
+
+    def _download(self, fs: ObjectStore, key: str, objects: Sequence[str], local: Path) -> None:
+        try:
+            for obj in objects:
+                target = local if obj == key else local / obj.removeprefix(f"{key}/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(obj, str(target))
+        except Exception as exc:
+            name = key.rpartition("/")[2]
+            raise RatchetError(f"inbox {self.url}: cannot download {name}: {_one_line(exc)}") from None
+
+    def _move(self, fs: ObjectStore, arrival: Arrival, objects: Sequence[str], folder: str, note: str) -> str:
+        """`_move` on S3: the note first, then a copy of every object under a name no earlier batch in
+        `folder` has, then the originals deleted (the ready marker last, so a delete cut short leaves
+        a batch the next run takes again, not one waiting forever)."""
+        key, name = str(arrival.path), arrival.name
+        to = f"{self.root}/{folder}"
+        stem, suffix = (
+            (name, "") if arrival.directory else (PurePosixPath(name).stem, PurePosixPath(name).suffix)
+        )
+        try:
+            target, n = name, 2
+            while fs.exists(f"{to}/{target}"):  # upstream reuses names: keep both
+                target, n = f"{stem}-{n}{suffix}", n + 1
+            if note:
+                kind = "reason" if folder == REJECTED else "note"
+                fs.pipe_file(f"{to}/{target}.{kind}.txt", (note + "\n").encode())
+            for obj in objects:
+                fs.cp_file(obj, f"{to}/{target}{obj.removeprefix(key)}")
+            marker = f"{key}/{self.ready_marker}"
+            rest = [obj for obj in objects if obj != marker]
+            if rest:
+                fs.rm(rest)
+            if marker in objects:
+                fs.rm([marker])
+        except Exception as exc:
+            raise RatchetError(
+                f"inbox {self.url}: cannot move {name} to {folder}/: {_one_line(exc)}"
+            ) from None
+        return f"{folder}/{target}"
+
+
+def _timestamp(value: object) -> float:
+    return value.timestamp() if isinstance(value, datetime) else 0.0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
