@@ -25,7 +25,7 @@ demo-team: $(STAMP)  ## team mode on this machine: PostgreSQL (installed as root
 test: $(STAMP)  ## the whole test suite (what CI runs); as root on Debian it installs chromium for the UI test and PostgreSQL for the tracking-server tests
 	@sh .ci/chromium
 	@sh .ci/postgresql
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 data: $(STAMP)  ## materialise the reference data version tracked by data.dvc, offline
 	$(BIN)/ratchet reference-data .
