@@ -111,33 +111,42 @@ def sync(root: Path, remotes: RemoteParams, say: Callable[[str], None]) -> None:
         return
     upstream = _fetch(root)
     if upstream is None:  # a new shared repository: this workspace's history starts it
-        _push(root)
-        say(f"pushed {branch(root)} to the new git remote {remotes.git}")
+        if _push(root):
+            say(f"pushed {branch(root)} to the new git remote {remotes.git}")
         return
     where = _divergence(root, upstream)
     if where.behind:
         before = versioning.head(root)
-        if where.ahead:
-            _merge(root, upstream)
-        else:
+        if not where.ahead:
             versioning.git(root, "merge", "-q", "--ff-only", upstream)
+        elif not _merged(root, upstream):
+            both = f"`git log --oneline --graph HEAD {upstream}` shows both"
+            raise RatchetError(
+                f"the workspace and git remote {ORIGIN} both changed the same records since they last "
+                f"agreed ({both}): settle it by hand, then retry"
+            )
         _pull_data(root, before)
         say(f"pulled {where.behind} commit{'s' if where.behind > 1 else ''} from git remote {ORIGIN}")
     if where.ahead:
-        _push(root)
+        _push_or_say(root, say)
 
 
-def _merge(root: Path, upstream: str) -> None:
-    """Merge what another machine pushed into local commits it lacks; a conflict (both changed the
-    same record) is undone and refused in one line."""
-    merged = subprocess.run(
-        ["git", "merge", "-q", "--no-edit", upstream], cwd=root, capture_output=True, text=True, check=False
+def _merged(root: Path, upstream: str) -> bool:
+    """Merge what another machine pushed; False, with the merge undone, when both changed the same
+    record (a conflict)."""
+    done = subprocess.run(
+        ["git", "merge", "-q", "--no-edit", upstream], cwd=root, capture_output=True, text=True
     )
-    if merged.returncode != 0:
+    if done.returncode != 0:
         _git(root, "merge", "--abort")
-        raise RatchetError(
-            f"the workspace and git remote {ORIGIN} both changed the same records since they last agreed "
-            f"(`git log --oneline --graph HEAD {upstream}` shows both): settle it by hand, then retry"
+        return False
+    return True
+
+
+def _push_or_say(root: Path, say: Callable[[str], None]) -> None:
+    if not _push(root):
+        say(
+            f"git remote {ORIGIN} moved meanwhile: the next ingest or retrain pushes this workspace's commits"
         )
 
 
@@ -174,11 +183,7 @@ def publish(root: Path, remotes: RemoteParams, what: str, undo_to: str) -> None:
             return
         upstream = _fetch(root)
         assert upstream is not None  # it refused a push, so it has the branch
-        merged = subprocess.run(
-            ["git", "merge", "-q", "--no-edit", upstream], cwd=root, capture_output=True, text=True
-        )
-        if merged.returncode != 0:
-            _git(root, "merge", "--abort")
+        if not _merged(root, upstream):
             versioning.git(root, "reset", "-q", "--hard", undo_to)
             versioning.git(root, "merge", "-q", "--ff-only", upstream)
             _pull_data(root, undo_to)
