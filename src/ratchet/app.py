@@ -150,8 +150,7 @@ def inbox(workspace: Path) -> InboxRun:
 def deploy(workspace: Path, say: Callable[[str], None]) -> str:
     """Create or update the workspace's deployment of `ingest-and-retrain` on the configured Prefect
     server (its work pool too): cron schedule, data-arrival trigger, one run at a time. Returns its id."""
-    ws = open_workspace(workspace)
-    ws.params()  # bad params fail in one line before Prefect is imported
+    ws = _checked(workspace, None)
     from ratchet.flows.deploy import deploy as register
 
     deployment_id: str = register(ws, say)
@@ -160,8 +159,7 @@ def deploy(workspace: Path, say: Callable[[str], None]) -> str:
 
 def worker(workspace: Path, say: Callable[[str], None]) -> None:
     """Run a Prefect process worker on the workspace's work pool until Ctrl-C or SIGTERM."""
-    ws = open_workspace(workspace)
-    ws.params()
+    ws = _checked(workspace, None)
     from ratchet.flows.deploy import work
 
     work(ws, say)

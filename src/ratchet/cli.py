@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,28 +84,28 @@ def _warn(line: str) -> None:
     print(f"ratchet: warning: {line}", file=sys.stderr)
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
-    from ratchet import app
+def _on_prefect_server(args: argparse.Namespace, run: Callable[[Path, Callable[[str], None]], object]) -> int:
+    """`ratchet deploy` and `ratchet worker`: `run(workspace, say)` with Prefect's output as for retrain."""
     from ratchet.workspace import open_workspace
 
     root = open_workspace(args.workspace).root
     from ratchet.flows import deploy  # noqa: F401 - configures Prefect's logging, adjusted next
 
     with _prefect_output(root, args):
-        app.deploy(args.workspace, print)
+        run(args.workspace, lambda line: print(line, flush=True))
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from ratchet import app
+
+    return _on_prefect_server(args, app.deploy)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ratchet import app
-    from ratchet.workspace import open_workspace
 
-    root = open_workspace(args.workspace).root
-    from ratchet.flows import deploy  # noqa: F401 - configures Prefect's logging, adjusted next
-
-    with _prefect_output(root, args):
-        app.worker(args.workspace, lambda line: print(line, flush=True))
-    return 0
+    return _on_prefect_server(args, app.worker)
 
 
 class _NoTraceback(logging.Formatter):

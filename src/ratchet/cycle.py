@@ -113,8 +113,9 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     Returns the registry and the params as they are after all that (a pull may change them)."""
     if strategy is not None:
         strategies.check(strategy)
+    shared = ws.params().remotes
     # the remotes params.yaml names, before anything pushes (a fixed URL is what the retry needs)
-    for line in remotes.configure(ws.root, ws.params().remotes):
+    for line in remotes.configure(ws.root, shared):
         print(line)
     recovered = journal.recover(ws.root, ws.data_dir)
     if recovered:
@@ -122,7 +123,7 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     if pushed := versioning.push_unpushed(ws.root):
         print(pushed)
     # team mode: what other machines ingested and decided, before anything is planned from it
-    remotes.sync(ws.root, ws.params().remotes, print)
+    remotes.sync(ws.root, shared, print)
     params = ws.params()
     registry = open_registry(ws, params)
     _check_not_lost(ws, registry)

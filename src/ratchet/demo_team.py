@@ -112,7 +112,8 @@ def _run(root: Path, stack: ExitStack, say: Callable[[str], None], t0: float) ->
     if deployed.returncode != 0:
         raise RatchetError("team demo: `ratchet deploy` failed (above)")
 
-    with (root / "worker.log").open("wb") as log:
+    worker_log = root / "worker.log"
+    with worker_log.open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "ratchet.cli", "worker", "-w", str(ws.root)],
             stdout=log,
@@ -121,9 +122,8 @@ def _run(root: Path, stack: ExitStack, say: Callable[[str], None], t0: float) ->
             start_new_session=True,
         )
     stack.callback(services.stop_group, worker)
-    say(f"  worker started (log: {root / 'worker.log'})")
+    say(f"  worker started (log: {worker_log})")
 
-    worker_log = root / "worker.log"
     inbox = ws.root / ws.params().inbox.path
     inbox.mkdir(parents=True, exist_ok=True)
     upstream = root / "upstream"

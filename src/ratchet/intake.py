@@ -252,15 +252,27 @@ def _move(batch: Path, folder: str, note: str = "") -> str:
     without its note. Returns `folder/name`."""
     to = batch.parent / folder
     to.mkdir(exist_ok=True)
-    stem, suffix = (batch.stem, batch.suffix) if batch.is_file() else (batch.name, "")
-    target, n = to / batch.name, 2
-    while os.path.lexists(target):  # upstream reuses names: keep both
-        target, n = to / f"{stem}-{n}{suffix}", n + 1
+    target = to / _free_name(batch.name, not batch.is_file(), lambda name: os.path.lexists(to / name))
     if note:
-        kind = "reason" if folder == REJECTED else "note"
-        write_text(to / f"{target.name}.{kind}.txt", note + "\n")
+        write_text(to / _note_name(folder, target.name), note + "\n")
     os.rename(batch, target)
     return f"{folder}/{target.name}"
+
+
+def _free_name(name: str, directory: bool, taken: Callable[[str], bool]) -> str:
+    """`name`, or `stem-2.suffix`, `-3`, ... where a batch of that name was moved there before:
+    upstream reuses names, and both are kept."""
+    path = PurePosixPath(name)
+    stem, suffix = (name, "") if directory else (path.stem, path.suffix)
+    target, n = name, 2
+    while taken(target):
+        target, n = f"{stem}-{n}{suffix}", n + 1
+    return target
+
+
+def _note_name(folder: str, target: str) -> str:
+    """The note beside a moved batch: `.reason.txt` in rejected/, `.note.txt` in done/."""
+    return f"{target}.{'reason' if folder == REJECTED else 'note'}.txt"
 
 
 # ---- where the inbox is: a local directory or an S3 prefix ----------------------------------------
@@ -457,16 +469,10 @@ class S3Inbox:
         a batch the next run takes again, not one waiting forever)."""
         key, name = str(arrival.path), arrival.name
         to = f"{self.root}/{folder}"
-        stem, suffix = (
-            (name, "") if arrival.directory else (PurePosixPath(name).stem, PurePosixPath(name).suffix)
-        )
         try:
-            target, n = name, 2
-            while fs.exists(f"{to}/{target}"):  # upstream reuses names: keep both
-                target, n = f"{stem}-{n}{suffix}", n + 1
+            target = _free_name(name, arrival.directory, lambda candidate: fs.exists(f"{to}/{candidate}"))
             if note:
-                kind = "reason" if folder == REJECTED else "note"
-                fs.pipe_file(f"{to}/{target}.{kind}.txt", (note + "\n").encode())
+                fs.pipe_file(f"{to}/{_note_name(folder, target)}", (note + "\n").encode())
             for obj in objects:
                 fs.cp_file(obj, f"{to}/{target}{obj.removeprefix(key)}")
             marker = f"{key}/{self.ready_marker}"

@@ -104,9 +104,8 @@ def _fetch(root: Path) -> str | None:
 def sync(root: Path, remotes: RemoteParams, say: Callable[[str], None]) -> None:
     """Bring the workspace up to the git remote before planning or ingesting: fast-forward to what
     other machines pushed (and `dvc pull` the data it names), push what this one has not, merge when
-    both moved; nothing of that without `remotes.git`. The caller holds the workspace lock."""
-    for line in configure(root, remotes):
-        say(line)
+    both moved; nothing of that without `remotes.git`. The caller holds the workspace lock and has
+    called `configure` (before anything it pushes)."""
     if remotes.git is None:
         return
     upstream = _fetch(root)
@@ -127,8 +126,10 @@ def sync(root: Path, remotes: RemoteParams, say: Callable[[str], None]) -> None:
             )
         _pull_data(root, before)
         say(f"pulled {where.behind} commit{'s' if where.behind > 1 else ''} from git remote {ORIGIN}")
-    if where.ahead:
-        _push_or_say(root, say)
+    if where.ahead and not _push(root):
+        say(
+            f"git remote {ORIGIN} moved meanwhile: the next ingest or retrain pushes this workspace's commits"
+        )
 
 
 def _merged(root: Path, upstream: str) -> bool:
@@ -141,13 +142,6 @@ def _merged(root: Path, upstream: str) -> bool:
         _git(root, "merge", "--abort")
         return False
     return True
-
-
-def _push_or_say(root: Path, say: Callable[[str], None]) -> None:
-    if not _push(root):
-        say(
-            f"git remote {ORIGIN} moved meanwhile: the next ingest or retrain pushes this workspace's commits"
-        )
 
 
 def _pull_data(root: Path, before: str) -> None:
@@ -195,6 +189,8 @@ def publish(root: Path, remotes: RemoteParams, what: str, undo_to: str) -> None:
 def join(root: Path, remotes: RemoteParams, say: Callable[[str], None]) -> None:
     """`sync` for `ratchet init`, which may have just cloned the workspace: data/ is then empty,
     and the data data.dvc names comes from the DVC remote."""
+    for line in configure(root, remotes):
+        say(line)
     sync(root, remotes, say)
     batches = root / "data" / "batches"
     if (root / versioning.DATA_DVC).exists() and not any(batches.iterdir()):
