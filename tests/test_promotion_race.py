@@ -95,6 +95,28 @@ def workers(server: MlflowServer, name: str) -> tuple[Registry, Registry]:
     return first, second
 
 
+def test_two_workers_starting_a_new_model_at_once_share_one_experiment_and_model(
+    mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    barrier = threading.Barrier(2)
+    for method in ("get_experiment_by_name", "search_registered_models"):
+        original = getattr(MlflowClient, method)
+
+        def looked_then_meet(self: MlflowClient, *args: object, _original: Callable = original) -> object:
+            found = _original(self, *args)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=MEET)  # both have looked, and found nothing, before either creates
+            return found
+
+        monkeypatch.setattr(MlflowClient, method, looked_then_meet)
+    first, second = (Registry(mlflow_server.url, mlflow_server.url, "race-new", "race-new") for _ in range(2))
+    experiments = race(first.ensure_store, second.ensure_store)
+    assert experiments[0] == experiments[1] and isinstance(experiments[0], str)
+    assert [m.name for m in first.client.search_registered_models("name='race-new'")] == ["race-new"]
+
+
 @pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
 def test_the_same_cycle_is_registered_once(
     mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guarded: bool
@@ -230,7 +252,8 @@ def test_two_workspaces_retraining_the_same_cycle_register_it_once(
         for root, me, other in ((roots[0], "a", "b"), (roots[1], "b", "a"))
     ]
     done = [(w.wait(timeout=300), *w.communicate()) for w in workers]
-    assert sorted(os.listdir(meet)) == ["a", "b"]  # both had trained and committed before either registered
+    # both had trained and committed before either registered
+    assert sorted(os.listdir(meet)) == ["a", "b"], done
     assert sorted(code for code, _, _ in done) == [0, 1], done
     _, _, refusal = next(d for d in done if d[0] == 1)
     assert re.fullmatch(

@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -282,16 +282,17 @@ class Registry:
                     os.environ[var] = value
 
     def ensure_store(self) -> str:
-        """Create the experiment and the registered model; idempotent."""
-        exp = self.client.get_experiment_by_name(self.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp is not None
-            else self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
-        )
-        if not self.client.search_registered_models(f"name='{self.name}'"):
-            self.client.create_registered_model(self.name, description=MODEL_DESCRIPTION)
-        return str(exp_id)
+        """Create the experiment and the registered model; idempotent, also when two workers start
+        on a new model at once (the one whose create is refused uses what the other made)."""
+        client, name = self.client, self.experiment
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            _unless_exists(lambda: client.create_experiment(name, artifact_location=self.artifact_location))
+            exp = client.get_experiment_by_name(name)
+            assert exp is not None  # noqa: S101 - created just now, by this worker or another
+        if not client.search_registered_models(f"name='{self.name}'"):
+            _unless_exists(lambda: client.create_registered_model(self.name, description=MODEL_DESCRIPTION))
+        return str(exp.experiment_id)
 
     # ---- the guard -----------------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class Registry:
 
     def _acquire(self, what: str, ttl: float, wait: float) -> str:
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+        from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         deadline, pause = time.monotonic() + wait, 0.05
@@ -330,6 +331,10 @@ class Registry:
                 self.client.create_registered_model(self.lock_name, tags=tags, description=description)
                 return token
             except MlflowException as exc:
+                # the server answers a refused create by reading the lock back; when its holder
+                # released it in between, that read says "does not exist": taken and freed, retry
+                if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                    continue
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
             held = self._lock_tags()
@@ -945,6 +950,18 @@ def _chunk_marks(marks: Sequence[BatchMark]) -> list[str]:
 
 def _record_tags(tags: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k.startswith(PREFIX)}
+
+
+def _unless_exists(create: Callable[[], object]) -> None:
+    """Run `create`; a refusal because the thing already exists means another worker made it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        create()
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
 
 
 def _abandoned(lock: Mapping[str, str]) -> bool:
