@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from ratchet.evaluate import (
     split_metrics,
 )
 from ratchet.metrics import Confusion, CycleMetrics
-from ratchet.stages._common import load_arrays, load_batch_ids, save_arrays
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import ModelSpec
@@ -202,16 +200,3 @@ def test_a_metrics_json_from_before_batches_and_confusion_reads_back_empty() -> 
     assert metrics.champion.per_batch == {}
     assert metrics.confusion == Confusion()
     assert metrics.headline().candidate.new == 0.5
-
-
-def test_prepared_arrays_keep_each_samples_batch_and_older_files_still_load(tmp_path: Path) -> None:
-    images = np.zeros((3, 2, 2, 1), dtype=np.uint8)
-    save_arrays(tmp_path / "new.npz", images, np.array(["a", "b", "a"]), np.array(["b1", "b1", "b2"]))
-    _, labels = load_arrays(tmp_path / "new.npz")
-    assert labels.tolist() == ["a", "b", "a"]
-    ids = load_batch_ids(tmp_path / "new.npz")
-    assert ids is not None and ids.tolist() == ["b1", "b1", "b2"]
-    # a file written before batch ids were recorded loads as before, with no ids
-    np.savez(tmp_path / "old.npz", images=images, labels=np.array(["a", "b", "a"]))
-    assert load_arrays(tmp_path / "old.npz")[1].tolist() == ["a", "b", "a"]
-    assert load_batch_ids(tmp_path / "old.npz") is None

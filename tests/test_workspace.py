@@ -46,6 +46,7 @@ def test_moving_the_outputs_in_dvc_yaml_moves_them_for_the_flow(tmp_path: Path, 
         (("prepare cycle.json data", "prepare cycle.json"), "passes 3 paths, not 4"),
         (("cycle.json data parent", "cycle.json batches parent"), "prepare reads batches"),
         (("  evaluate:", "  judge:"), "does not name the stages' paths"),
+        (("artifacts/candidate data", "artifacts/candidate batches"), "must read the data prepare reads"),
     ],
 )
 def test_a_dvc_yaml_that_does_not_fit_is_one_line(

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ratchet import faults, state
 from ratchet.config import Params, Scalar
@@ -28,6 +28,9 @@ from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version, content_hash
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
+
+if TYPE_CHECKING:
+    from ratchet.stages.evaluate import Evaluation
 
 # the libraries whose versions a version's record names (their releases can change the weights)
 LINEAGE_PACKAGES = ("torchvision", "numpy", "mlflow", "dvc")  # and torch
@@ -223,16 +226,19 @@ def run_train(ws: Workspace) -> None:
     from ratchet.stages import train
 
     paths = ws.stage_paths()
-    train.run(paths.prepared, paths.candidate, ws.params())
+    train.run(paths.prepared, paths.candidate, ws.params(), paths.data, state.cache(ws.root))
     faults.reached("retrain:trained")
 
 
-def run_evaluate(ws: Workspace) -> None:
+def run_evaluate(ws: Workspace) -> Evaluation:
     from ratchet.stages import evaluate
 
     paths = ws.stage_paths()
-    evaluate.run(paths.prepared, paths.candidate, paths.eval, ws.params())
+    done = evaluate.run(
+        paths.prepared, paths.candidate, paths.eval, ws.params(), paths.data, state.cache(ws.root)
+    )
     faults.reached("retrain:evaluated")
+    return done
 
 
 @dataclass(frozen=True)

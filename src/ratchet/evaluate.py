@@ -14,9 +14,11 @@ from ratchet.metrics import Confusion, ModelMetrics, SplitMetrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.model import label_indices, preprocess
 
+BATCH_SIZE = 2048  # images per forward pass when scoring
+
 
 @torch.no_grad()
-def logits(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def logits(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """float32 (N, C) scores over checkpoint.spec.classes for uint8 (N,H,W,C) images."""
     model = checkpoint.model.eval()
     device = next(model.parameters()).device
@@ -27,7 +29,7 @@ def logits(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -
     return np.concatenate(out)
 
 
-def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def predict(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Predicted class indices into checkpoint.spec.classes for uint8 (N,H,W,C) images."""
     indices: np.ndarray = logits(checkpoint, images, batch_size).argmax(1)
     return indices
@@ -46,21 +48,36 @@ def held_out(
     candidate: Checkpoint, champion: Checkpoint | None, images: np.ndarray, labels: np.ndarray
 ) -> HeldOut:
     """Both models on one held-out set, sample by sample, as the gate reads it."""
-    cand_classes = candidate.spec.classes
-    known = champion.spec.classes if champion is not None else ()
-    new_classes = tuple(c for c in cand_classes if c not in known)
-    cand = logits(candidate, images)
+    return held_out_of(
+        candidate.spec.classes,
+        champion.spec.classes if champion is not None else None,
+        logits(candidate, images),
+        logits(champion, images) if champion is not None else None,
+        labels,
+    )
+
+
+def held_out_of(
+    candidate_classes: tuple[str, ...],
+    champion_classes: tuple[str, ...] | None,
+    candidate_scores: np.ndarray,
+    champion_scores: np.ndarray | None,
+    labels: np.ndarray,
+) -> HeldOut:
+    """`held_out` from the models' scores (`logits`), however they were obtained; no champion: None."""
+    known = champion_classes or ()
+    new_classes = tuple(c for c in candidate_classes if c not in known)
     champ = (
-        argmax_among(logits(champion, images), known, known)
-        if champion is not None
+        argmax_among(champion_scores, known, known)
+        if champion_scores is not None
         else np.full(len(labels), "", dtype=np.str_)
     )
     return HeldOut(
         labels=labels.astype(np.str_),
         champion=champ,
-        candidate=argmax_among(cand, cand_classes, cand_classes),
-        candidate_known=argmax_among(cand, cand_classes, known),
-        candidate_among_new=argmax_among(cand, cand_classes, new_classes),
+        candidate=argmax_among(candidate_scores, candidate_classes, candidate_classes),
+        candidate_known=argmax_among(candidate_scores, candidate_classes, known),
+        candidate_among_new=argmax_among(candidate_scores, candidate_classes, new_classes),
     )
 
 

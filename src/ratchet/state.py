@@ -1,6 +1,6 @@
 """ratchet's own files in a workspace, under `.ratchet/` (git-ignored, never under data/):
-the log that keeps what a one-line error leaves out, the ingest journal, and the note of a push
-that has not reached the DVC remote yet."""
+the log that keeps what a one-line error leaves out, the ingest journal, the note of a push
+that has not reached the DVC remote yet, and the stages' cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ STATE_DIR = ".ratchet"
 LOG = f"{STATE_DIR}/ratchet.log"
 INGEST_JOURNAL = f"{STATE_DIR}/ingest.json"
 UNPUSHED = f"{STATE_DIR}/unpushed.txt"  # what a failed or interrupted `dvc push` left behind
+# what the stages keep between cycles, derived from versioned files and safe to delete: decoded
+# samples by batch content, and models' scores on them (`ratchet.stages.sets`, `.predictions`)
+CACHE = "cache"
 
 
 def directory(root: Path) -> Path:
@@ -21,6 +24,11 @@ def directory(root: Path) -> Path:
     if not ignore.exists():
         ignore.write_text("*\n", encoding="utf-8")
     return path
+
+
+def cache(root: Path) -> Path:
+    """The stages' cache, under `.ratchet/` so that git ignores it and DVC never tracks it."""
+    return directory(root) / CACHE
 
 
 def log(root: Path, title: str, text: str) -> str:

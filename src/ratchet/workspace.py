@@ -32,6 +32,7 @@ LEGACY_PIPELINES = frozenset(
         "193a13555bcf40aa916fc5be55dc3c53821014946045d187dff8cb5c6f0ff1f4",
         "0f0f30ee4357c5722bccc31a224b66ae2f4dfb0de47aaac143c1e91465d5ff16",  # prepare read no parent path
         "b13e46870d6814c332bf1e656edcb57e8be2d341e04515dd22681dea3ef85f39",  # evaluate: no train
+        "1fec57c6b1c285d7d8e3849d328910e1e46b66a8424609d379461ff88a2eb1ac",  # prepare copied the samples
     }
 )
 
@@ -118,6 +119,10 @@ class Workspace:
         cycle, data, parent, prepared = args["prepare"]
         if self.root / data != self.data_dir:  # ingest writes there, and data.dvc tracks it
             raise InputError(f"{pipeline}: prepare reads {data}, but this workspace's batches are in data/")
+        # train and evaluate read the samples from the data directory prepare names them in
+        # (a dvc.yaml of an earlier release passes them none: `upgrade_pipeline` replaces it)
+        if any(len(args[s]) > _DATA_ARG[s] and args[s][_DATA_ARG[s]] != data for s in ("train", "evaluate")):
+            raise InputError(f"{pipeline}: train and evaluate must read the data prepare reads, {data}")
         candidate, evaluated = args["train"][1], args["evaluate"][2]
         return StagePaths(*(self.root / p for p in (cycle, data, parent, prepared, candidate, evaluated)))
 
@@ -159,13 +164,18 @@ def open_workspace(path: Path) -> Workspace:
     return Workspace(root)
 
 
+# where train and evaluate take the data directory on their command lines
+_DATA_ARG = {"train": 2, "evaluate": 3}
+
+
 def _stage_args(cmd: str, stage: str) -> list[str]:
-    """`python -m ratchet.stages.train A B` -> ["A", "B"], checking the count."""
+    """`python -m ratchet.stages.train A B C` -> ["A", "B", "C"], checking the count."""
     words = shlex.split(cmd)
     args = words[words.index(f"ratchet.stages.{stage}") + 1 :]
-    expected = {"prepare": 4, "train": 2, "evaluate": 3}[stage]
-    if len(args) != expected:
-        raise ValueError(f"stage {stage} passes {len(args)} paths, not {expected}")
+    # train and evaluate of earlier releases took no data directory
+    expected = {"prepare": (4,), "train": (2, 3), "evaluate": (3, 4)}[stage]
+    if len(args) not in expected:
+        raise ValueError(f"stage {stage} passes {len(args)} paths, not {' or '.join(map(str, expected))}")
     return args
 
 

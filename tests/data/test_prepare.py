@@ -1,4 +1,4 @@
-"""The prepare stage's arrays: held-out samples keep the batch they came from."""
+"""The prepare stage names the batches a cycle trains and evaluates on; the samples stay in data/."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ratchet.config import Params
@@ -14,8 +15,8 @@ from ratchet.data.catalog import load_split
 from ratchet.data.ingest import ingest_batch
 from ratchet.errors import InputError
 from ratchet.stages import prepare
-from ratchet.stages._common import load_arrays, load_batch_ids
 from ratchet.stages.inputs import Cycle, content_hash
+from ratchet.stages.sets import SETS, PreparedSets, SetStore
 
 from .images import PARAMS, make_folder
 
@@ -33,37 +34,49 @@ def params(image_size: int = 8) -> Params:
     return dataclasses.replace(Params(), data=dataclasses.replace(PARAMS, image_size=image_size))
 
 
-def test_held_out_arrays_name_each_samples_batch(tmp_path: Path, two_batches: tuple[Path, str, str]) -> None:
+def test_prepared_sets_name_each_batch_by_content_and_hold_no_samples(
+    tmp_path: Path, two_batches: tuple[Path, str, str]
+) -> None:
     # given a cycle learning b2 on top of a parent that learned b1
     data, b1, b2 = two_batches
     Cycle("c1", new_batches=(b2,), old_batches=(b1,), parent_version=None, strategy="joint").save(
         tmp_path / "cycle.json"
     )
     out = prepare.run(tmp_path / "cycle.json", data, tmp_path / "parent", tmp_path / "prepared", params())
-    # then old and new held-out data carry their batch ids beside the same samples as before
-    for name, batch in ((prepare.OLD, b1), (prepare.NEW, b2)):
-        images, labels = load_arrays(out / name)
-        assert labels.tolist() == load_split(data, [batch], "held_out").labels.tolist()
-        ids = load_batch_ids(out / name)
-        assert ids is not None and ids.tolist() == [batch] * len(labels)
-    # and joint trains on both batches, each sample still named by its own batch
-    ids = load_batch_ids(out / prepare.TRAIN)
-    assert ids is not None and sorted(set(ids.tolist())) == [b1, b2]
-    assert len(ids) == len(load_split(data, [b1, b2], "train"))
+    # then old and new held-out sets name their batches, and joint trains on both, in order
+    sets = PreparedSets.load(out / SETS)
+    assert [r.batch_id for r in sets.old] == [b1] and [r.batch_id for r in sets.new] == [b2]
+    assert [r.batch_id for r in sets.train] == [b1, b2]
+    # and the output holds no samples: data/ has them, versioned already
+    assert sorted(p.name for p in out.iterdir()) == [prepare.CYCLE, SETS]
+    # and the samples read through the sets are the ones data/ holds
+    store = SetStore(data, tmp_path / "cache")
+    for ref in sets.train:
+        for split in ("train", "held_out"):
+            got = store.samples(ref, split)
+            want = load_split(data, [ref.batch_id], split)
+            assert got.labels.tolist() == want.labels.tolist()
+            assert np.array_equal(got.images, want.images)
+    assert len(store.decoded) == 4
+    # and read again, from the cache, they are the same without decoding data/
+    again = SetStore(data, tmp_path / "cache")
+    assert np.array_equal(
+        again.samples(sets.old[0], "held_out").images, store.samples(sets.old[0], "held_out").images
+    )
+    assert again.decoded == []
 
 
-def test_a_cycle_without_old_batches_writes_empty_old_arrays(
-    tmp_path: Path, two_batches: tuple[Path, str, str]
-) -> None:
+def test_a_batch_changed_since_prepare_is_refused(tmp_path: Path, two_batches: tuple[Path, str, str]) -> None:
     data, b1, _ = two_batches
     Cycle("c1", new_batches=(b1,), old_batches=(), parent_version=None, strategy="replay").save(
         tmp_path / "cycle.json"
     )
     out = prepare.run(tmp_path / "cycle.json", data, tmp_path / "parent", tmp_path / "prepared", params())
-    images, labels = load_arrays(out / prepare.OLD)
-    assert images.shape == (0, 8, 8, 3) and len(labels) == 0
-    ids = load_batch_ids(out / prepare.OLD)
-    assert ids is not None and len(ids) == 0
+    (ref,) = PreparedSets.load(out / SETS).new
+    labels = data / "batches" / b1 / "labels.npy"
+    np.save(labels, np.load(labels)[::-1].copy())
+    with pytest.raises(InputError, match=f"batch {b1} .* not the .* prepare stage recorded"):
+        SetStore(data, None).samples(ref, "held_out")
 
 
 def test_a_batch_of_another_image_size_is_refused_by_name(

@@ -1,5 +1,6 @@
 """What every stage entry point shares: paths come on argv (dvc.yaml names them), params from
-params.yaml in the working directory (where DVC reads the params it tracks), errors are one line."""
+params.yaml in the working directory (where DVC reads the params it tracks), the cache from the
+workspace's `.ratchet/` there too, errors are one line."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
+from ratchet import state
 from ratchet.config import Params, load_params
 from ratchet.errors import RatchetError
 
@@ -35,6 +35,11 @@ def stage_main(
     return 0
 
 
+def workspace_cache() -> Path:
+    """The stages' cache of the workspace the stage runs in (the working directory, as for params)."""
+    return state.cache(Path("."))
+
+
 @contextmanager
 def fresh_dir(path: Path) -> Iterator[Path]:
     """Build a stage output in a temp dir, then swap it in: a crash never leaves half an output."""
@@ -48,20 +53,3 @@ def fresh_dir(path: Path) -> Iterator[Path]:
         raise
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
-
-
-def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray, batches: np.ndarray) -> None:
-    """Samples with their class names and the id of the batch each came from."""
-    with path.open("wb") as f:
-        np.savez(f, images=images, labels=labels.astype(str), batches=batches.astype(str))
-
-
-def load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return npz["images"], npz["labels"]
-
-
-def load_batch_ids(path: Path) -> np.ndarray | None:
-    """The batch id of each sample of `path`; None for a file written before they were recorded."""
-    with np.load(path, allow_pickle=False) as npz:
-        return npz["batches"] if "batches" in npz.files else None

@@ -1,9 +1,14 @@
-"""Stage prepare: the cycle's training and held-out data, and its parent model, into one directory.
+"""Stage prepare: which data the cycle trains and evaluates on, and its parent model, in one directory.
+
+The data is named, not copied: `sets.json` lists the batches of the training set and of the new and
+old held-out sets, each with the hash of its files under data/ (see `ratchet.stages.sets`). data/ is
+versioned already; a copy here would be stored by DVC again each cycle, old held-out sets included.
+The hashes make this output change whenever the data it names does, so DVC re-runs train and
+evaluate then, and only then; those stages read the samples from data/ and check the hashes.
 
 The parent comes from the path dvc.yaml names (a DVC-tracked copy of the parent version's
 checkpoint, which the orchestrator puts there), never from the registry, and only when its content
-hash is the one cycle.json records: git and DVC alone reproduce a cycle. Train and evaluate work
-from this stage's output alone.
+hash is the one cycle.json records: git and DVC alone reproduce a cycle.
 """
 
 from __future__ import annotations
@@ -11,20 +16,18 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
 
 from ratchet.config import Params
 from ratchet.data import catalog
 from ratchet.errors import InputError
-from ratchet.stages._common import fresh_dir, save_arrays, stage_main
+from ratchet.stages._common import fresh_dir, stage_main
 from ratchet.stages.inputs import Cycle, content_hash
+from ratchet.stages.sets import SETS, PreparedSets, batch_ref
 from ratchet.train.strategies.base import trains_on_all_seen
 
 # what the output directory holds
 CYCLE = "cycle.json"  # a copy of the cycle it was prepared for
-TRAIN, NEW, OLD = "train.npz", "new.npz", "old.npz"  # training samples; held-out new and old data
+# SETS: the batches of the training set and the held-out sets, by id and content
 PARENT = "parent"  # the parent's checkpoint directory, when the cycle has one
 PRETRAINED = "pretrained.pt"  # model.pretrained's weights, when a bootstrap starts from them
 
@@ -58,31 +61,30 @@ def run(cycle_path: Path, data_dir: Path, parent_dir: Path, out: Path, params: P
         print(note, file=sys.stderr, flush=True)
     check_parent(cycle, parent_dir)  # before anything is written
     expected = (params.data.image_size, params.data.image_size, params.data.channels)
+    # a strategy may train on everything seen so far (joint); the others on the new batches
+    train_batches = (
+        cycle.old_batches + cycle.new_batches if trains_on_all_seen(cycle.strategy) else cycle.new_batches
+    )
+    # the training batches first: a refusal names the batch training would have read
+    refs = {
+        b: batch_ref(data_dir, b)
+        for b in dict.fromkeys(train_batches + cycle.new_batches + cycle.old_batches)
+    }
+    for batch_id in refs:
+        # the shape from the manifest: a batch of another size fails here, before any stage reads it
+        shape = tuple(catalog.read_manifest(catalog.batches_dir(data_dir) / batch_id)["image_shape"])
+        if shape != expected:
+            raise InputError(
+                f"batch {batch_id} holds images of shape {shape}, "
+                f"but params.yaml data section says {expected}"
+            )
+    sets = PreparedSets(
+        train=tuple(refs[b] for b in train_batches),
+        new=tuple(refs[b] for b in cycle.new_batches),
+        old=tuple(refs[b] for b in cycle.old_batches),
+    )
     with fresh_dir(out) as tmp:
-        # a strategy may train on everything seen so far (joint); the others on the new batches
-        train_batches = (
-            cycle.old_batches + cycle.new_batches if trains_on_all_seen(cycle.strategy) else cycle.new_batches
-        )
-        parts: list[tuple[str, tuple[str, ...], Literal["train", "held_out"]]] = [
-            (TRAIN, train_batches, "train"),
-            (NEW, cycle.new_batches, "held_out"),
-            (OLD, cycle.old_batches, "held_out"),
-        ]
-        for name, batches, split in parts:
-            # batch by batch, so each sample keeps its batch id: evaluate scores each batch apart
-            images = [np.zeros((0, *expected), dtype=np.uint8)]
-            labels, ids = [np.zeros((0,), dtype=np.str_)], [np.zeros((0,), dtype=np.str_)]
-            for batch_id in batches:
-                samples = catalog.load_split(data_dir, [batch_id], split)
-                if samples.images.shape[1:] != expected:
-                    raise InputError(
-                        f"batch {batch_id} holds images of shape {samples.images.shape[1:]}, "
-                        f"but params.yaml data section says {expected}"
-                    )
-                images.append(samples.images)
-                labels.append(samples.labels)
-                ids.append(np.full(len(samples), batch_id))  # dtype from the id: np.str_ alone is 1 char
-            save_arrays(tmp / name, np.concatenate(images), np.concatenate(labels), np.concatenate(ids))
+        sets.save(tmp / SETS)
         if cycle.parent_version is not None:
             shutil.copytree(parent_dir, tmp / PARENT)
         elif params.model.pretrained:

@@ -10,8 +10,9 @@ from pathlib import Path
 from ratchet.atomic import write_text
 from ratchet.config import Params
 from ratchet.stages import prepare
-from ratchet.stages._common import fresh_dir, load_arrays, stage_main
+from ratchet.stages._common import fresh_dir, stage_main, workspace_cache
 from ratchet.stages.inputs import Cycle
+from ratchet.stages.sets import SETS, PreparedSets, SetStore
 from ratchet.train.checkpoint import load_checkpoint, save_checkpoint
 from ratchet.train.loop import EpochStats, FitResult, fit
 from ratchet.train.model import ModelSpec
@@ -42,9 +43,14 @@ def initial_spec(params: Params) -> ModelSpec:
     )
 
 
-def run(prepared: Path, out: Path, params: Params) -> FitResult:
+def run(prepared: Path, out: Path, params: Params, data: Path, cache: Path | None = None) -> FitResult:
+    """`data`: the data directory prepare named the batches in; `cache`: where decoded samples are
+    kept between cycles (None: decoded from data/ each time; the samples are the same)."""
     cycle = Cycle.load(prepared / prepare.CYCLE)
-    images, labels = load_arrays(prepared / prepare.TRAIN)
+    shape = (params.data.image_size, params.data.image_size, params.data.channels)
+    store = SetStore(data, cache / "sets" if cache is not None else None)
+    samples = store.concatenated(PreparedSets.load(prepared / SETS).train, "train", shape)
+    images, labels = samples.images, samples.labels
     parent = prepared / prepare.PARENT
     start = load_checkpoint(parent) if parent.is_dir() else None
     pretrained = prepared / prepare.PRETRAINED
@@ -73,7 +79,12 @@ def run(prepared: Path, out: Path, params: Params) -> FitResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("train", ["prepared", "out"], lambda p, params: run(p[0], p[1], params), argv)
+    return stage_main(
+        "train",
+        ["prepared", "out", "data"],
+        lambda p, params: run(p[0], p[1], params, p[2], workspace_cache()),
+        argv,
+    )
 
 
 if __name__ == "__main__":
