@@ -6,7 +6,8 @@ the candidate's scores on every set and the champion's only on sets it has not s
 
 A file here is named by everything that decides the scores' bits: the model's content (its spec and
 weights, the files that make the network), the set's content (`BatchRef.key`), the CPU threads the
-sums are split over, the evaluation batch size, and the torch and ratchet code that computes them.
+sums are split over, the evaluation batch size, the torch and ratchet code that computes them, and
+the CPU's architecture and vector extensions (which kernels torch runs).
 The scores are exactly what computing them now would give, so a metric never depends on whether the
 cache was warm; an unreadable file is computed again.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ def context(batch_size: int) -> str:
     """What decides the scores' bits besides the model and the samples, as one short hash."""
     parts = [f"threads={torch.get_num_threads()}", f"batch={batch_size}", f"torch={torch.__version__}"]
     parts.append(f"ratchet={code_version().source}")
+    # the kernels torch picks for this CPU: a workspace copied to another machine scores anew there
+    parts.append(f"cpu={platform.machine()}/{torch.backends.cpu.get_cpu_capability()}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
