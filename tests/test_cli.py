@@ -175,6 +175,45 @@ def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "ratchet.registry" in imported and "prefect" not in imported
     assert "temporary server" not in done.stderr
+    # a cycle, with no Prefect API configured: the same steps, run directly, Prefect never imported
+    assert run_ratchet("ingest", str(stream_files["digits-5-9"]), "-w", str(root)).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", "retrain", "-w", str(root)],
+        env=env | {"PREFECT_HOME": str(tmp_path / "prefect-home")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "epoch  12" in done.stdout and "version 2 promoted" in done.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "ratchet.cycle" in imported and "prefect" not in imported
+
+
+def test_a_cycle_runs_as_a_prefect_flow_only_where_a_prefect_api_is_configured(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys; from ratchet import app; print(app.prefect_api_configured(), 'prefect' in sys.modules)"
+    )
+
+    def configured(env: dict[str, str]) -> str:
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        command = [sys.executable, "-c", code]
+        done = subprocess.run(command, env=plain | env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    home = {"PREFECT_HOME": str(tmp_path / "home")}
+    assert configured(home) == "False False"  # nothing names an API: Prefect is not even imported
+    assert configured(home | {"PREFECT_API_URL": "http://127.0.0.1:1/api"}) == "True False"
+    (tmp_path / "home").mkdir()
+    profiles = tmp_path / "home" / "profiles.toml"
+    profiles.write_text('active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:1/api"\n')
+    assert configured(home) == "True True"  # Prefect's own answer, from its active profile
+    profiles.write_text(profiles.read_text().replace('active = "team"', 'active = "other"\n[profiles.other]'))
+    assert configured(home) == "False True"  # another profile is active: a file is not enough
 
 
 # ---- init on an existing workspace, init with the image size ---------------------------------

@@ -1,4 +1,5 @@
-"""One retraining cycle, as steps the Prefect flow sequences: plan, run the stages, record, apply.
+"""One retraining cycle, as steps: plan, run the stages, record, apply (`run`, directly or as the
+Prefect flow's tasks).
 
 The stages (`ratchet.stages`) are the same code `dvc repro` runs; this module adds what happens
 around them: choosing the batches and the parent, committing the cycle, and talking to the registry.
@@ -26,6 +27,7 @@ from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version, content_hash
+from ratchet.steps import Steps, directly
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
@@ -92,6 +94,31 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     cycle.save(ws.stage_paths().cycle)
     faults.reached("retrain:planned")
     return cycle
+
+
+def run(
+    ws: Workspace, dry_run: bool = False, strategy: str | None = None, step: Steps = directly
+) -> Outcome | None:
+    """Plan, train, evaluate, record and apply one cycle, under the workspace lock; returns the
+    outcome, or None with nothing to train on."""
+    with ws.lock():
+        cycle = step("plan", plan)(ws, strategy)
+        if cycle is None:
+            print(NOTHING_PENDING)
+            return None
+        # a version registered for this exact cycle means an earlier run crashed after recording it
+        version = step("find-registered", find_registered)(ws, cycle)
+        resumed = version is not None
+        if version is None:
+            step("prepare", run_prepare)(ws)
+            step("train", run_train)(ws)
+            step("evaluate", run_evaluate)(ws)
+            version = step("record", record)(ws, cycle)
+        return step("apply-decision", apply)(ws, cycle, version, dry_run, resumed)
+
+
+def find_registered(ws: Workspace, cycle: Cycle) -> VersionInfo | None:
+    return open_registry(ws).find_cycle(cycle.cycle_id)
 
 
 def would_train(ws: Workspace, strategy: str | None = None) -> bool:
