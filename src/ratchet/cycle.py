@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from ratchet import faults, state
+from ratchet import atomic, faults, state
 from ratchet.config import Params, Scalar
 from ratchet.data import catalog, journal, remotes, versioning
 from ratchet.errors import InputError, RatchetError
@@ -27,7 +27,7 @@ from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version, content_hash
-from ratchet.steps import Steps, directly
+from ratchet.steps import Steps, Timed, directly
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
@@ -100,21 +100,31 @@ def run(
     ws: Workspace, dry_run: bool = False, strategy: str | None = None, step: Steps = directly
 ) -> Outcome | None:
     """Plan, train, evaluate, record and apply one cycle, under the workspace lock; returns the
-    outcome, or None with nothing to train on."""
+    outcome, or None with nothing to train on. Says where the cycle's time went, and keeps it in
+    `state.CYCLE_TIMES`."""
+    timed, before = Timed(step), dict(versioning.SPENT)
     with ws.lock():
-        cycle = step("plan", plan)(ws, strategy)
+        cycle = timed("plan", plan)(ws, strategy)
         if cycle is None:
             print(NOTHING_PENDING)
             return None
         # a version registered for this exact cycle means an earlier run crashed after recording it
-        version = step("find-registered", find_registered)(ws, cycle)
-        resumed = version is not None
+        version = timed("find-registered", find_registered)(ws, cycle)
+        resumed, loop = version is not None, 0.0
         if version is None:
-            step("prepare", run_prepare)(ws)
-            step("train", run_train)(ws)
-            step("evaluate", run_evaluate)(ws)
-            version = step("record", record)(ws, cycle)
-        return step("apply-decision", apply)(ws, cycle, version, dry_run, resumed)
+            timed("prepare", run_prepare)(ws)
+            loop = timed("train", run_train)(ws)
+            timed("evaluate", run_evaluate)(ws)
+            version = timed("record", record)(ws, cycle)
+        outcome = timed("apply-decision", apply)(ws, cycle, version, dry_run, resumed)
+    waited = {tool: seconds - before.get(tool, 0.0) for tool, seconds in versioning.SPENT.items()}
+    times = {"cycle_id": cycle.cycle_id, "steps": timed.seconds, "training_loop": loop, "commands": waited}
+    state.directory(ws.root)
+    atomic.write_text(ws.root / state.CYCLE_TIMES, json.dumps(times, indent=2) + "\n")
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timed.seconds.items())
+    commands = ", ".join(f"{tool} {seconds:.1f}s" for tool, seconds in waited.items())
+    print(f"cycle {cycle.cycle_id} took {sum(timed.seconds.values()):.1f}s: {steps} (waiting on {commands})")
+    return outcome
 
 
 def find_registered(ws: Workspace, cycle: Cycle) -> VersionInfo | None:
@@ -209,7 +219,7 @@ def track_parent(ws: Workspace, checkpoint: Path | None) -> str | None:
         (target / NO_PARENT).write_text(NO_PARENT_TEXT, encoding="utf-8")
     else:
         shutil.copytree(checkpoint, target)
-    versioning.dvc(ws.root, "add", str(target.relative_to(ws.root)))
+    versioning.dvc_add(ws.root, target)
     return content_hash(target) if checkpoint is not None else None
 
 
@@ -246,12 +256,14 @@ def run_prepare(ws: Workspace) -> None:
     faults.reached("retrain:prepared")
 
 
-def run_train(ws: Workspace) -> None:
+def run_train(ws: Workspace) -> float:
+    """The train stage; returns the seconds its training loop took (the rest of the step is setup)."""
     from ratchet.stages import train
 
     paths = ws.stage_paths()
-    train.run(paths.prepared, paths.candidate, ws.params())
+    seconds = train.run(paths.prepared, paths.candidate, ws.params()).seconds
     faults.reached("retrain:trained")
+    return seconds
 
 
 def run_evaluate(ws: Workspace) -> None:
@@ -287,7 +299,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     paths = ws.stage_paths()
     # dvc commit records the stage outputs this process just produced in dvc.lock,
     # exactly as `dvc repro` would have: the lock then names this candidate's inputs and outputs
-    versioning.dvc(ws.root, "commit", "-f")
+    versioning.dvc_commit(ws.root)
     faults.reached("retrain:dvc-committed")
     before = versioning.head(ws.root)
     commit = versioning.commit(
