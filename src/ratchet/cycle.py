@@ -85,6 +85,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     cycle = next_cycle(ws, registry, params, strategy)
     if cycle is None:
         return None
+    _check_data(ws)
     if ws.upgrade_pipeline():
         print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
     champion = registry.champion()
@@ -146,8 +147,8 @@ def would_train(ws: Workspace, strategy: str | None = None) -> bool:
 def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     """What comes before choosing a cycle: the strategy checked, what a killed process left finished
     (an ingest, a push, half-done registry records), the workspace brought up to its git remote (team
-    mode), the registry opened and found whole, and data/ found to be the version data.dvc records.
-    Returns the registry and the params as they are after all that (a pull may change them)."""
+    mode), and the registry opened and found whole. Returns the registry and the params as they
+    are after all that (a pull may change them)."""
     if strategy is not None:
         strategies.check(strategy)
     shared = ws.params().remotes
@@ -167,6 +168,12 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     registry.ensure_store()
     for line in registry.repair():
         print(f"repaired: {line}")
+    return registry, params
+
+
+def _check_data(ws: Workspace) -> None:
+    """Refuse to train on data/ unless it is the version data.dvc records. Asked only when there is
+    a cycle to run: with nothing to train on, nothing reads data/ (and DVC is not even loaded)."""
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -174,7 +181,6 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
             "it; restore it with `dvc checkout --force data`"
         )
-    return registry, params
 
 
 def next_cycle(ws: Workspace, registry: Registry, params: Params, strategy: str | None) -> Cycle | None:
