@@ -55,10 +55,12 @@ print(loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(out))
 """
 
 
-def run(args: list[str], cwd: Path) -> tuple[float, int, str]:
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """Run a command; its wall seconds, peak RSS in bytes (this child alone) and stdout."""
     start = time.perf_counter()
-    child = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert child.stdout is not None
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
@@ -87,17 +89,22 @@ def parts(wall: float, times: dict[str, Any]) -> dict[str, float]:
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 images (N, 28, 28, 1), class names (N,)
 
 
-def run_cycles(root: Path, incoming: Path, batches: list[Batch]) -> list[dict[str, Any]]:
+def run_cycles(
+    root: Path, incoming: Path, batches: list[Batch], first: int = 1, prefect_api: str | None = None
+) -> list[dict[str, Any]]:
+    """Ingest and retrain each batch; with `prefect_api`, each retrain runs as the Prefect flow on
+    that server (what a configured Prefect API makes of it), else its steps run directly."""
     ratchet = [sys.executable, "-m", "ratchet.cli"]
     cache = root / ".dvc" / "cache"
+    env = os.environ | {"PREFECT_API_URL": prefect_api} if prefect_api else None
     rows = []
-    for n, (images, labels) in enumerate(batches, 1):
+    for n, (images, labels) in enumerate(batches, first):
         path = incoming / f"batch-{n:02d}.npz"
         np.savez(path, images=images, labels=labels)
         before = du(cache)
         ingest_s, _, _ = run([*ratchet, "ingest", str(path), "-w", str(root)], root)
         stored = du(cache) - before  # the batch as DVC keeps it
-        wall, rss, out = run([*ratchet, "retrain", "-w", str(root)], root)
+        wall, rss, out = run([*ratchet, "retrain", "-w", str(root)], root, env)
         times = json.loads((root / ".ratchet" / "cycle-times.json").read_text())
         weights = du(root / "artifacts" / "candidate" / "checkpoint")
         grown = du(cache) - before
@@ -105,6 +112,7 @@ def run_cycles(root: Path, incoming: Path, batches: list[Batch]) -> list[dict[st
         action = next((line for line in out.splitlines() if line.startswith("version ")), "?")
         row = {
             "cycle": n,
+            "path": "flow" if prefect_api else "direct",
             "ingest_s": ingest_s,
             "retrain_s": wall,
             "fixed_s": wall - split["training"] - split["evaluation"],
@@ -119,12 +127,29 @@ def run_cycles(root: Path, incoming: Path, batches: list[Batch]) -> list[dict[st
         }
         rows.append(row)
         print(
-            f"cycle {n:2d}: retrain {wall:5.1f}s (fixed {row['fixed_s']:4.1f}s, training "
+            f"cycle {n:2d} ({row['path']}): retrain {wall:5.1f}s (fixed {row['fixed_s']:4.1f}s, training "
             f"{split['training']:4.1f}s, evaluation {split['evaluation']:4.1f}s), "
             f"peak {row['peak_rss_mb']:.0f} MB, DVC +{row['dvc_growth_mb']:.1f} MB "
             f"({row['growth_ratio']:.2f}x batch + weights): {action}",
             flush=True,
         )
+    return rows
+
+
+def compare_paths(root: Path, incoming: Path, batches: list[Batch], home: Path) -> list[dict[str, Any]]:
+    """Cycles in turn as the Prefect flow on a real server (started here, once, as a team keeps one
+    running) and directly."""
+    from ratchet.services import prefect_server
+
+    if not batches:
+        return []
+    home.mkdir()
+    rows: list[dict[str, Any]] = []
+    first = len(list(incoming.iterdir())) + 1
+    with prefect_server(home) as server:
+        for i, batch in enumerate(batches):
+            api = server.api_url if i % 2 == 0 else None
+            rows += run_cycles(root, incoming, [batch], first + i, api)
     return rows
 
 
@@ -205,6 +230,20 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'yes' if met else 'no'} |" for name, measured, met in checks]
+    if doc["compare"]:
+        lines += [
+            "",
+            "The same cycles as the Prefect flow on a running `prefect server start` (a configured "
+            "Prefect API) and directly, in turn:",
+            "",
+            "| cycle | path | retrain s | fixed s | training s | evaluation s |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['cycle']} | {r['path']} | {r['retrain_s']:.1f} | {r['fixed_s']:.1f} | "
+            f"{r['parts_s']['training']:.1f} | {r['parts_s']['evaluation']:.1f} |"
+            for r in doc["compare"]
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -246,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-batch", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--strategy", default="replay")
+    # after the stream: this many more batches, their cycles in turn as the Prefect flow on a real
+    # `prefect server start` and directly, for the cost of the flow
+    parser.add_argument("--compare", type=int, default=4)
     parser.add_argument("--machine", default=os.environ.get("RATCHET_BENCH_MACHINE", "unnamed machine"))
     args = parser.parse_args(argv)
 
@@ -253,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train, test = load_fashion()
     rng = np.random.default_rng(0)
-    order = rng.permutation(len(train.labels))[: args.batches * args.per_batch]
-    batches = [(train.images[idx], train.labels[idx]) for idx in np.split(order, args.batches)]
+    count = args.batches + args.compare
+    order = rng.permutation(len(train.labels))[: count * args.per_batch]
+    batches = [(train.images[idx], train.labels[idx]) for idx in np.split(order, count)]
     with tempfile.TemporaryDirectory(prefix="ratchet-cycle-bench-") as tmp:
         work = Path(tmp)
         root = make_workspace(work / "ws", "cycle-bench")
@@ -266,9 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         versioning.commit(root, ["params.yaml"], "cycle benchmark params")
         incoming = work / "incoming"
         incoming.mkdir()
-        rows = run_cycles(root, incoming, batches)
+        rows = run_cycles(root, incoming, batches[: args.batches])
         idle = nothing_to_do(root)
         print(f"retrain with nothing to do: {idle:.1f}s", flush=True)
+        compared = compare_paths(root, incoming, batches[args.batches :], work / "prefect")
         predict = predict_memory(root, np.tile(test.images, (10, 1, 1, 1)), work)
         print(f"predict {predict['images']:.0f} images: peak {predict['peak_mb']:.0f} MB", flush=True)
     warm = rows[1:] or rows
@@ -281,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": args.strategy,
         "cycles": rows,
         "nothing_to_do_s": idle,
+        "compare": compared,
         "predict": predict,
         "targets": {
             "fixed_warm_s": statistics.median(r["fixed_s"] for r in warm),
