@@ -36,7 +36,7 @@ from ratchet.train.loop import EpochStats, fit
 from ratchet.train.model import ModelSpec
 
 if TYPE_CHECKING:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 # what the output directory holds
 CHECKPOINT = "checkpoint"  # the candidate: weights, spec, memory, strategy state
@@ -158,17 +158,19 @@ def _launcher_quiet() -> Iterator[None]:
 
 
 def _first_failure(exc: ChildFailedError, count: int) -> str:
-    """The failure that caused the others: a rank that failed by itself before one that lost a peer
-    (the launcher stops the rest, and a rank waiting on a dead one fails too), earliest first."""
-    rank, failure = min(
-        exc.failures.items(),
-        key=lambda item: (
-            bool(item[1].error_file_data.get(PEER_FAILED)),
-            item[1].exitcode < 0,  # stopped by a signal: most likely by the launcher
-            item[1].timestamp,
-            item[0],
-        ),
-    )
+    """The failure that caused the others, earliest first: a rank that failed by itself or was
+    killed (the OOM killer, a crash), before one that lost its peer in a collective, before one the
+    launcher stopped (SIGTERM) once another had failed."""
+
+    def blame(item: tuple[int, ProcessFailure]) -> tuple[int, int, int]:
+        rank, failure = item
+        if failure.exitcode < 0:
+            order = 2 if failure.signal_name() == "SIGTERM" else 0
+        else:
+            order = 1 if failure.error_file_data.get(PEER_FAILED) else 0
+        return order, failure.timestamp, rank
+
+    rank, failure = min(exc.failures.items(), key=blame)
     message = failure.message if isinstance(failure.message, str) else ""
     if not message or failure.error_file_data.get(ONE_LINE) is None:
         message = (
@@ -222,6 +224,17 @@ def _train(prepared: Path, out: Path, params: Params, world: distributed.World |
     )
 
 
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether a rank failed talking to the others, most likely because another one died: torch's
+    own distributed errors, and the plain RuntimeError gloo and nccl raise when a peer is gone."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(word in text for word in ("gloo", "NCCL", "nccl"))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     def train(paths: list[Path], params: Params) -> None:
         run(paths[0], paths[1], params)
@@ -233,19 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return stage_main("train", ["prepared", "out"], train, argv, raise_errors=True)
     except Exception as exc:
+        lost_peer = _lost_peer(exc)
         if isinstance(exc, RatchetError):
             message, code = str(exc), exc.exit_code
         else:
-            traceback.print_exc()  # not the user's doing: the whole story, on this rank's stderr
+            if not lost_peer:  # a bug, not the user's doing: the whole story, on this rank's stderr
+                traceback.print_exc()
             message, code = f"{type(exc).__name__}: {exc}", 1
-        import torch.distributed as dist
-
-        record = {
-            "message": message,
-            "timestamp": int(time.time()),
-            ONE_LINE: True,
-            PEER_FAILED: isinstance(exc, dist.DistError),
-        }
+        record = {"message": message, "timestamp": int(time.time()), ONE_LINE: True, PEER_FAILED: lost_peer}
         Path(error_file).write_text(json.dumps(record))
         return code
 
