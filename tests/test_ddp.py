@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ratchet.config import Params, parse_params, render_params
 from ratchet.errors import InputError, RatchetError
@@ -80,6 +81,7 @@ def test_two_processes_learn_what_one_learns_at_the_same_global_batch(
     prep = prepared(tmp_path, learn, "finetune")
     # when trained by one process, and by two with 16 samples each per step
     train.run(prep, tmp_path / "one", params(devices=1))
+    assert not torch.distributed.is_initialized()  # one process sets nothing up
     train.run(prep, tmp_path / "two", params(devices=2))
     # then both learn the task, to within a point of each other
     one, two = accuracy_pt(tmp_path / "one", held_out), accuracy_pt(tmp_path / "two", held_out)
