@@ -253,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             if not lost_peer:  # a bug, not the user's doing: the whole story, on this rank's stderr
                 traceback.print_exc()
             message, code = f"{type(exc).__name__}: {exc}", 1
-        record = {"message": message, "timestamp": int(time.time()), ONE_LINE: True, PEER_FAILED: lost_peer}
+        lines = message.strip().splitlines()  # the stage's failure is one line
+        record = {
+            "message": lines[0] if lines else type(exc).__name__,
+            "timestamp": int(time.time()),
+            ONE_LINE: True,
+            PEER_FAILED: lost_peer,
+        }
         Path(error_file).write_text(json.dumps(record))
         return code
 
