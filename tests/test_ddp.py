@@ -19,6 +19,7 @@ from ratchet.evaluate import split_metrics
 from ratchet.stages import prepare, train
 from ratchet.stages._common import save_arrays
 from ratchet.stages.inputs import Cycle
+from ratchet.train import distributed
 from ratchet.train.checkpoint import load_checkpoint
 
 TOLERANCE_PT = 1.0  # final held-out accuracy, two processes against one
@@ -71,6 +72,18 @@ def prepared(root: Path, data: Digits, strategy: str, parent: Path | None = None
 def accuracy_pt(candidate: Path, held_out: Digits) -> float:
     checkpoint = load_checkpoint(candidate / train.CHECKPOINT)
     return 100 * split_metrics(checkpoint, held_out.images, held_out.labels).accuracy
+
+
+@pytest.mark.parametrize(("n", "size"), [(10, 3), (12, 4), (2, 3), (7, 2)])
+def test_each_rank_takes_the_rows_distributed_sampler_gives_it(n: int, size: int) -> None:
+    from torch.utils.data.distributed import DistributedSampler
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    shares = [distributed.shard(order, distributed.World(rank, size, rank)) for rank in range(size)]
+    for rank, share in enumerate(shares):
+        sampler = DistributedSampler(range(n), num_replicas=size, rank=rank, shuffle=False)
+        assert share.tolist() == order[list(sampler)].tolist()
+    assert {len(share) for share in shares} == {-(-n // size)}  # equal: the same steps on every rank
 
 
 def test_two_processes_learn_what_one_learns_at_the_same_global_batch(

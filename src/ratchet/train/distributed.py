@@ -59,7 +59,7 @@ def join(world: World, device: torch.device) -> torch.device:
 
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
+            raise InputError(
                 f"local rank {world.local_rank} has no CUDA device ({torch.cuda.device_count()} on this node)"
             )
         device = torch.device("cuda", world.local_rank)
