@@ -263,11 +263,11 @@ def run_prepare(ws: Workspace) -> None:
 
 
 def run_train(ws: Workspace) -> float:
-    """The train stage; returns the seconds its training loop took (the rest of the step is setup)."""
+    """The train stage; returns the seconds training took (`stages.train.run`; the rest is setup)."""
     from ratchet.stages import train
 
     paths = ws.stage_paths()
-    seconds = train.run(paths.prepared, paths.candidate, ws.params()).seconds
+    seconds = train.run(paths.prepared, paths.candidate, ws.params())
     faults.reached("retrain:trained")
     return seconds
 

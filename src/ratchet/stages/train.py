@@ -83,15 +83,18 @@ def device_count(train: TrainParams) -> int:
     return train.devices
 
 
-def run(prepared: Path, out: Path, params: Params) -> None:
+def run(prepared: Path, out: Path, params: Params) -> float:
+    """Train the candidate; returns the seconds training took: the loop's own, or on several
+    devices the whole launch's (starting their processes included)."""
     world = distributed.from_env()
     if world is None:
         count = device_count(params.train)
         if count > 1:
             distributed.per_rank_batch(params.train.batch_size, count)  # refused before anything starts
+            start = time.perf_counter()
             launch(prepared, out, params, count)
-            return
-    train_rank(prepared, out, params, world)
+            return time.perf_counter() - start
+    return train_rank(prepared, out, params, world)
 
 
 def launch(prepared: Path, out: Path, params: Params, count: int) -> None:
@@ -179,18 +182,18 @@ def _first_failure(exc: ChildFailedError, count: int) -> str:
     return f"training rank {rank} of {count} failed: {message}"
 
 
-def train_rank(prepared: Path, out: Path, params: Params, world: distributed.World | None) -> None:
+def train_rank(prepared: Path, out: Path, params: Params, world: distributed.World | None) -> float:
     """Train alone (`world` None) or as one rank of `world`; rank 0 (or the lone process) writes
-    `out` and says what it does, the others only train."""
+    `out` and says what it does, the others only train. Returns the training loop's seconds."""
     lead = world is None or world.lead
     try:
-        _train(prepared, out, params, world, lead)
+        return _train(prepared, out, params, world, lead)
     finally:
         if world is not None:
             distributed.leave()
 
 
-def _train(prepared: Path, out: Path, params: Params, world: distributed.World | None, lead: bool) -> None:
+def _train(prepared: Path, out: Path, params: Params, world: distributed.World | None, lead: bool) -> float:
     cycle = Cycle.load(prepared / prepare.CYCLE)
     images, labels = load_arrays(prepared / prepare.TRAIN)
     parent = prepared / prepare.PARENT
@@ -211,7 +214,7 @@ def _train(prepared: Path, out: Path, params: Params, world: distributed.World |
         world,
     )
     if not lead:
-        return
+        return result.seconds
     with fresh_dir(out) as tmp:
         save_checkpoint(tmp / CHECKPOINT, result.checkpoint)
         history = [{"epoch": s.epoch, "loss": s.loss, "accuracy": s.accuracy} for s in result.history]
@@ -222,6 +225,7 @@ def _train(prepared: Path, out: Path, params: Params, world: distributed.World |
         f"({result.images_processed / max(result.seconds, 1e-9):.0f} images/s)",
         flush=True,
     )
+    return result.seconds
 
 
 def _lost_peer(exc: BaseException) -> bool:
