@@ -85,6 +85,8 @@ def ingest(
 def announce(ws: Workspace, batch_id: str, warn: Callable[[str], None] | None) -> None:
     """Tell a configured Prefect API that a batch was versioned (the event a deployment of `ratchet
     deploy` is triggered by); a failure is one line for `warn`, never a failed ingest."""
+    if not prefect_api_configured():  # nothing to tell, and no reason to import Prefect
+        return
     from ratchet.flows.events import batch_ingested
 
     warning = batch_ingested(ws.root, batch_id)
