@@ -1,11 +1,14 @@
 """The retraining flow: one cycle over the batches no cycle has decided on yet.
 
-Tasks are thin calls into ratchet; the stages pass data through files under artifacts/, so a task
-can be retried or the whole flow re-run after a crash. Parameters are operational only.
+The cycle is `ratchet.cycle.run`, each of its steps a task here; the stages pass data through files
+under artifacts/, so a task can be retried or the whole flow re-run after a crash. Parameters are
+operational only. `ratchet retrain` runs the same steps without Prefect where no Prefect API is
+configured.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, task
@@ -14,46 +17,14 @@ from prefect.runtime import deployment
 
 from ratchet import cycle as cyc
 from ratchet.flows import review
-from ratchet.registry import VersionInfo, open_registry
-from ratchet.stages.inputs import Cycle
-from ratchet.workspace import Workspace, open_workspace
+from ratchet.steps import P, R
+from ratchet.workspace import open_workspace
 
 
-@task(name="plan", cache_policy=NO_CACHE)
-def plan_task(ws: Workspace, strategy: str | None) -> Cycle | None:
-    return cyc.plan(ws, strategy)
-
-
-@task(name="find-registered", cache_policy=NO_CACHE)
-def find_task(ws: Workspace, cycle: Cycle) -> VersionInfo | None:
-    return open_registry(ws).find_cycle(cycle.cycle_id)
-
-
-@task(name="prepare", cache_policy=NO_CACHE)
-def prepare_task(ws: Workspace) -> None:
-    cyc.run_prepare(ws)
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(ws: Workspace) -> None:
-    cyc.run_train(ws)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(ws: Workspace) -> None:
-    cyc.run_evaluate(ws)
-
-
-@task(name="record", cache_policy=NO_CACHE)
-def record_task(ws: Workspace, cycle: Cycle) -> VersionInfo:
-    return cyc.record(ws, cycle)
-
-
-@task(name="apply-decision", cache_policy=NO_CACHE)
-def apply_task(
-    ws: Workspace, cycle: Cycle, version: VersionInfo, dry_run: bool, resumed: bool
-) -> cyc.Outcome:
-    return cyc.apply(ws, cycle, version, dry_run, resumed)
+def as_task(name: str, fn: Callable[P, R], /) -> Callable[P, R]:
+    """The `Steps` of the flows: each step a Prefect task of its name, never cached (every step
+    reads and writes the workspace)."""
+    return task(name=name, cache_policy=NO_CACHE)(fn)
 
 
 @flow(name="ratchet-retrain", log_prints=True)
@@ -71,20 +42,9 @@ def retrain(
     has nobody at a terminal; `ratchet retrain` has, and never pauses).
     """
     ws = open_workspace(Path(workspace))
-    with ws.lock():
-        cycle = plan_task(ws, strategy)
-        if cycle is None:
-            print(cyc.NOTHING_PENDING)
-            return None
-        # a version registered for this exact cycle means an earlier run crashed after recording it
-        version = find_task(ws, cycle)
-        resumed = version is not None
-        if version is None:
-            prepare_task(ws)
-            train_task(ws)
-            evaluate_task(ws)
-            version = record_task(ws, cycle)
-        outcome = apply_task(ws, cycle, version, dry_run, resumed)
+    outcome = cyc.run(ws, dry_run, strategy, as_task)
+    if outcome is None:
+        return None
     # after the lock: while the run waits, `ratchet approve` and every other command can run
     params = ws.params().review
     if wait_for_review is None:

@@ -175,6 +175,50 @@ def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "ratchet.registry" in imported and "prefect" not in imported
     assert "temporary server" not in done.stderr
+    # an ingest and a cycle, with no Prefect API configured: the cycle's steps run directly, and
+    # neither command imports Prefect (there is no server to announce the batch to)
+    said = ""
+    batch = str(stream_files["digits-5-9"])
+    commands = [(["ingest", batch], "ratchet.intake"), (["retrain"], "ratchet.cycle")]
+    for command, module in commands:
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "ratchet.cli", *command, "-w", str(root)],
+            env=env | {"PREFECT_HOME": str(tmp_path / "prefect-home")},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+        assert module in imported and "prefect" not in imported
+        said = done.stdout
+    assert "epoch  12" in said and "version 2 promoted" in said
+
+
+def test_a_cycle_runs_as_a_prefect_flow_only_where_a_prefect_api_is_configured(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys; from ratchet import app; print(app.prefect_api_configured(), 'prefect' in sys.modules)"
+    )
+
+    def configured(env: dict[str, str]) -> str:
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        command = [sys.executable, "-c", code]
+        done = subprocess.run(command, env=plain | env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    home = {"PREFECT_HOME": str(tmp_path / "home")}
+    assert configured(home) == "False False"  # nothing names an API: Prefect is not even imported
+    assert configured(home | {"PREFECT_API_URL": "http://127.0.0.1:1/api"}) == "True False"
+    (tmp_path / "home").mkdir()
+    profiles = tmp_path / "home" / "profiles.toml"
+    profiles.write_text('active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:1/api"\n')
+    assert configured(home) == "True True"  # Prefect's own answer, from its active profile
+    profiles.write_text(profiles.read_text().replace('active = "team"', 'active = "other"\n[profiles.other]'))
+    assert configured(home) == "False True"  # another profile is active: a file is not enough
 
 
 # ---- init on an existing workspace, init with the image size ---------------------------------

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +198,30 @@ def test_a_batch_the_workspace_cannot_take_now_stays_in_the_inbox(
 
 
 # ---- without Prefect ----------------------------------------------------------------------------
+
+
+def test_without_a_prefect_api_the_inbox_runs_its_steps_directly(
+    tmp_path: Path, stream_files: dict[str, Path]
+) -> None:
+    # given a batch in the inbox and no Prefect API anywhere Prefect would look
+    root = make_workspace(tmp_path / "ws")
+    drop(stream_files["digits-0-4"], root / "incoming", "digits-0-4.npz", age_s=10)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    # when `ratchet inbox` runs
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", "inbox", "-w", str(root)],
+        env=env | {"PREFECT_HOME": str(tmp_path / "prefect-home")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # then the batch is versioned, moved to done/ and trained on, and Prefect was never imported
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"digits-0-4.npz: versioned as batch \S+ .* -> done/digits-0-4.npz", done.stdout)
+    assert "version 1 promoted" in done.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
+    assert "ratchet.intake" in imported and "prefect" not in imported
 
 
 def test_scan_lists_batches_oldest_first_and_never_reads_done_rejected_or_hidden(tmp_path: Path) -> None:

@@ -85,6 +85,8 @@ def ingest(
 def announce(ws: Workspace, batch_id: str, warn: Callable[[str], None] | None) -> None:
     """Tell a configured Prefect API that a batch was versioned (the event a deployment of `ratchet
     deploy` is triggered by); a failure is one line for `warn`, never a failed ingest."""
+    if not prefect_api_configured():  # nothing to tell, and no reason to import Prefect
+        return
     from ratchet.flows.events import batch_ingested
 
     warning = batch_ingested(ws.root, batch_id)
@@ -120,29 +122,65 @@ def settle(workspace: Path, strategy: str | None = None) -> bool:
     return needed
 
 
+def prefect_api_configured() -> bool:
+    """Whether Prefect's settings name an API (PREFECT_API_URL, from the environment, the active
+    profile or a settings file of the current directory): then a cycle runs as the Prefect flow,
+    on that server. Without one, Prefect would start a temporary server for each command (over ten
+    seconds), so the steps run directly. Prefect itself is asked only where something could name an
+    API, since importing it takes seconds."""
+    import os
+    import sys
+
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    files = {
+        Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml"): "PREFECT_API_URL",
+        Path(".env"): "PREFECT_API_URL",
+        Path("prefect.toml"): "",
+        Path("pyproject.toml"): "tool.prefect",
+    }
+    if "prefect" not in sys.modules and not any(
+        f.is_file() and marker in f.read_text(errors="replace") for f, marker in files.items()
+    ):
+        return False
+    from ratchet.flows.events import api_url
+
+    return api_url() is not None
+
+
 def retrain(workspace: Path, dry_run: bool = False, strategy: str | None = None) -> Outcome | None:
-    """One cycle (the Prefect flow) over the pending batches; None when nothing is pending."""
+    """One cycle over the pending batches (the Prefect flow where a Prefect API is configured, the
+    same steps directly otherwise); None when nothing is pending."""
+    from ratchet import cycle
+
+    ws = _checked(workspace, strategy)
+    if not prefect_api_configured():
+        return cycle.run(ws, dry_run, strategy)
     from ratchet.flows.retrain import retrain as flow
 
-    _checked(workspace, strategy)
     # a person at a terminal answers with `ratchet approve`: the command never pauses for the Prefect UI
     outcome: Outcome | None = flow(
-        workspace=str(workspace.resolve()), dry_run=dry_run, strategy=strategy, wait_for_review=False
+        workspace=str(ws.root), dry_run=dry_run, strategy=strategy, wait_for_review=False
     )
     return outcome
 
 
 def inbox(workspace: Path) -> InboxRun:
     """Version every complete batch in the workspace's inbox, then, if one was versioned or a batch
-    is pending, run one cycle (the Prefect flow `ingest-and-retrain`)."""
-    from ratchet import intake
-    from ratchet.flows.inbox import ingest_and_retrain
+    is pending, run one cycle (the Prefect flow `ingest-and-retrain` where a Prefect API is
+    configured, the same steps directly otherwise)."""
+    from ratchet import cycle, intake
 
     # fail with one line before starting Prefect: a local inbox where it cannot be, an S3 one out of reach
     ws = open_workspace(workspace)
     box = intake.open_inbox(ws, ws.params())
     if isinstance(box, intake.S3Inbox):
         box.scan()
+    if not prefect_api_configured():
+        return intake.run_inbox(ws, cycle.run)
+    from ratchet.flows.inbox import ingest_and_retrain
+
     run: InboxRun = ingest_and_retrain(workspace=str(ws.root))
     return run
 

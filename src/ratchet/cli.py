@@ -9,6 +9,8 @@ shows it here.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +19,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ratchet import state
 from ratchet.errors import RatchetError
@@ -91,7 +93,7 @@ def _on_prefect_server(args: argparse.Namespace, run: Callable[[Path, Callable[[
     root = open_workspace(args.workspace).root
     from ratchet.flows import deploy  # noqa: F401 - configures Prefect's logging, adjusted next
 
-    with _prefect_output(root, args):
+    with _run_output(root, args):
         run(args.workspace, lambda line: print(line, flush=True))
     return 0
 
@@ -139,11 +141,12 @@ def _is_chatter(record: logging.LogRecord) -> bool:
 
 
 @contextmanager
-def _prefect_output(workspace: Path | None, args: argparse.Namespace) -> Iterator[None]:
+def _run_output(workspace: Path | None, args: argparse.Namespace) -> Iterator[None]:
     """On the console, ratchet's own lines and Prefect's warnings (--verbose: all of Prefect's
-    lines; --debug: tracebacks too); in the workspace's log, everything Prefect logs. Entered after
-    Prefect has configured logging (importing it does): its console handler is the root logger's
-    stream handler. Undone on exit, so a process that runs several commands starts each afresh."""
+    and MLflow's lines; --debug: tracebacks too); in the workspace's log, everything logged. In a
+    Prefect run, entered after Prefect has configured logging (importing it does): its console
+    handler is the root logger's stream handler. Undone on exit, so a process that runs several
+    commands starts each afresh."""
     root = logging.getLogger()
     debug = bool(os.environ.get("RATCHET_DEBUG"))
     console = [
@@ -186,17 +189,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from ratchet.workspace import open_workspace
 
     root = open_workspace(args.workspace).root
-    # with nothing to train on, the answer comes without Prefect (whose temporary server alone takes
-    # seconds); a cycle runs in the flow, as a scheduled run does
-    if not app.settle(args.workspace, args.strategy):
-        from ratchet.cycle import NOTHING_PENDING
+    if app.prefect_api_configured():
+        # with nothing to train on, the answer comes without a flow run (which alone takes seconds)
+        if not app.settle(args.workspace, args.strategy):
+            from ratchet.cycle import NOTHING_PENDING
 
-        print(NOTHING_PENDING)  # the flow's line
-        print_cycle(args.workspace, None)
-        return 0
-    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
-
-    with _prefect_output(root, args):
+            print(NOTHING_PENDING)  # the flow's line
+            print_cycle(args.workspace, None)
+            return 0
+        from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
+    with _run_output(root, args):
         outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     print_cycle(args.workspace, outcome)
     return 0
@@ -204,10 +206,11 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     from ratchet import app
-    from ratchet.flows import inbox  # noqa: F401 - configures Prefect's logging, adjusted next
     from ratchet.workspace import open_workspace
 
-    with _prefect_output(open_workspace(args.workspace).root, args):
+    if app.prefect_api_configured():
+        from ratchet.flows import inbox  # noqa: F401 - configures Prefect's logging, adjusted next
+    with _run_output(open_workspace(args.workspace).root, args):
         run = app.inbox(args.workspace)
     if run.unreadable:
         print(f"{run.unreadable}: nothing versioned")
@@ -426,10 +429,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ratchet import app
     from ratchet.demo import run_demo
-    from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
 
-    with _prefect_output(None, args):
+    if app.prefect_api_configured():
+        from ratchet.flows import retrain  # noqa: F401 - configures Prefect's logging, adjusted next
+    with _run_output(None, args):
         return run_demo(args.workspace)
 
 
@@ -679,5 +684,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The `ratchet` command: `main`, then an exit without the interpreter's teardown. Clearing the
+    thousands of modules MLflow, DVC and torch load takes seconds at the end of every command, for a
+    process that is done; exit handlers still run (MLflow's remove its temporary directories), and
+    the streams are flushed first."""
+    code = main()
+    atexit._run_exitfuncs()  # what a normal exit runs first; then nothing else is left to do
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, or a stream already closed
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

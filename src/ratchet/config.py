@@ -66,6 +66,10 @@ def _fraction(v: float) -> bool:
     return 0.0 <= v <= 1.0
 
 
+def _devices(v: int | str) -> bool:
+    return v == "auto" or (isinstance(v, int) and v >= 1)
+
+
 def _strategy(name: str) -> bool:
     strategies.check(name)
     return True
@@ -170,6 +174,13 @@ class TrainParams:
         why="must be in [0, 2**32)",
     )
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto | cpu | cuda (bf16 autocast on cuda)")
+    devices: int | Literal["auto"] = knob(
+        1,
+        "processes training together, data-parallel (DDP), one per GPU with cuda, gloo on the CPU; "
+        "batch_size is split among them; auto = every GPU of the machine",
+        check=_devices,
+        why="must be a positive integer or auto",
+    )
     deterministic: bool = knob(True, "bitwise-repeatable runs on the same machine: what `dvc repro` checks")
     threads: int = knob(
         2,
@@ -464,7 +475,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in get_args(annotation):
             return None
-        return _coerce(value, next(a for a in get_args(annotation) if a is not type(None)), key)
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], key)
+        for option in options:  # the first that takes it
+            try:
+                return _coerce(value, option, key)
+            except InputError:
+                pass
+        raise InputError(f"params: {key} must be {' or '.join(map(_describe, options))}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)  # type: ignore[arg-type]
     if annotation is bool:
@@ -484,6 +503,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise InputError(f"params: {key} must be a non-empty string, got {value!r}")
         return value
     raise TypeError(f"unsupported params annotation {annotation!r} for {key}")
+
+
+def _describe(annotation: Any) -> str:
+    """What a value of one member of a union must be, for an error message."""
+    if get_origin(annotation) is Literal:
+        return " or ".join(map(str, get_args(annotation)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}
+    return names.get(annotation, str(annotation))
 
 
 def _dotted(prefix: str, name: str) -> str:

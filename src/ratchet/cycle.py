@@ -1,4 +1,5 @@
-"""One retraining cycle, as steps the Prefect flow sequences: plan, run the stages, record, apply.
+"""One retraining cycle, as steps: plan, run the stages, record, apply (`run`, directly or as the
+Prefect flow's tasks).
 
 The stages (`ratchet.stages`) are the same code `dvc repro` runs; this module adds what happens
 around them: choosing the batches and the parent, committing the cycle, and talking to the registry.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from ratchet import faults, state
+from ratchet import atomic, faults, state
 from ratchet.config import Params, Scalar
 from ratchet.data import catalog, journal, remotes, versioning
 from ratchet.errors import InputError, RatchetError
@@ -26,6 +27,7 @@ from ratchet.ledger import BatchState, batch_states
 from ratchet.metrics import Action, CycleMetrics, Headline, Verdict
 from ratchet.registry import Registry, VersionInfo, open_registry
 from ratchet.stages.inputs import NO_PARENT, NO_PARENT_TEXT, Cycle, code_version, content_hash
+from ratchet.steps import Steps, Timed, directly
 from ratchet.train import strategies
 from ratchet.workspace import Workspace
 
@@ -86,6 +88,7 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     cycle = next_cycle(ws, registry, params, strategy)
     if cycle is None:
         return None
+    _check_data(ws)
     if ws.upgrade_pipeline():
         print("dvc.yaml: upgraded from an earlier release's (committed with this cycle)")
     champion = registry.champion()
@@ -95,6 +98,41 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     cycle.save(ws.stage_paths().cycle)
     faults.reached("retrain:planned")
     return cycle
+
+
+def run(
+    ws: Workspace, dry_run: bool = False, strategy: str | None = None, step: Steps = directly
+) -> Outcome | None:
+    """Plan, train, evaluate, record and apply one cycle, under the workspace lock; returns the
+    outcome, or None with nothing to train on. Says where the cycle's time went, and keeps it in
+    `state.CYCLE_TIMES`."""
+    timed, before = Timed(step), dict(versioning.SPENT)
+    with ws.lock():
+        cycle = timed("plan", plan)(ws, strategy)
+        if cycle is None:
+            print(NOTHING_PENDING)
+            return None
+        # a version registered for this exact cycle means an earlier run crashed after recording it
+        version = timed("find-registered", find_registered)(ws, cycle)
+        resumed, loop = version is not None, 0.0
+        if version is None:
+            timed("prepare", run_prepare)(ws)
+            loop = timed("train", run_train)(ws)
+            timed("evaluate", run_evaluate)(ws)
+            version = timed("record", record)(ws, cycle)
+        outcome = timed("apply-decision", apply)(ws, cycle, version, dry_run, resumed)
+    waited = {tool: seconds - before.get(tool, 0.0) for tool, seconds in versioning.SPENT.items()}
+    times = {"cycle_id": cycle.cycle_id, "steps": timed.seconds, "training_loop": loop, "commands": waited}
+    state.directory(ws.root)
+    atomic.write_text(ws.root / state.CYCLE_TIMES, json.dumps(times, indent=2) + "\n")
+    steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timed.seconds.items())
+    commands = ", ".join(f"{tool} {seconds:.1f}s" for tool, seconds in waited.items())
+    print(f"cycle {cycle.cycle_id} took {sum(timed.seconds.values()):.1f}s: {steps} (waiting on {commands})")
+    return outcome
+
+
+def find_registered(ws: Workspace, cycle: Cycle) -> VersionInfo | None:
+    return open_registry(ws).find_cycle(cycle.cycle_id)
 
 
 def would_train(ws: Workspace, strategy: str | None = None) -> bool:
@@ -112,8 +150,8 @@ def would_train(ws: Workspace, strategy: str | None = None) -> bool:
 def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     """What comes before choosing a cycle: the strategy checked, what a killed process left finished
     (an ingest, a push, half-done registry records), the workspace brought up to its git remote (team
-    mode), the registry opened and found whole, and data/ found to be the version data.dvc records.
-    Returns the registry and the params as they are after all that (a pull may change them)."""
+    mode), and the registry opened and found whole. Returns the registry and the params as they
+    are after all that (a pull may change them)."""
     if strategy is not None:
         strategies.check(strategy)
     shared = ws.params().remotes
@@ -133,6 +171,12 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
     registry.ensure_store()
     for line in registry.repair():
         print(f"repaired: {line}")
+    return registry, params
+
+
+def _check_data(ws: Workspace) -> None:
+    """Refuse to train on data/ unless it is the version data.dvc records. Asked only when there is
+    a cycle to run: with nothing to train on, nothing reads data/ (and DVC is not even loaded)."""
     changed = versioning.data_changes(ws.root)
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -140,7 +184,6 @@ def _settled(ws: Workspace, strategy: str | None) -> tuple[Registry, Params]:
             f"data/ is not the version data.dvc records ({'; '.join(changed[:3])}{more}): not training on "
             "it; restore it with `dvc checkout --force data`"
         )
-    return registry, params
 
 
 def next_cycle(ws: Workspace, registry: Registry, params: Params, strategy: str | None) -> Cycle | None:
@@ -185,7 +228,7 @@ def track_parent(ws: Workspace, checkpoint: Path | None) -> str | None:
         (target / NO_PARENT).write_text(NO_PARENT_TEXT, encoding="utf-8")
     else:
         shutil.copytree(checkpoint, target)
-    versioning.dvc(ws.root, "add", str(target.relative_to(ws.root)))
+    versioning.dvc_add(ws.root, target)
     return content_hash(target) if checkpoint is not None else None
 
 
@@ -222,12 +265,14 @@ def run_prepare(ws: Workspace) -> None:
     faults.reached("retrain:prepared")
 
 
-def run_train(ws: Workspace) -> None:
+def run_train(ws: Workspace) -> float:
+    """The train stage; returns the seconds training took (`stages.train.run`; the rest is setup)."""
     from ratchet.stages import train
 
     paths = ws.stage_paths()
-    train.run(paths.prepared, paths.candidate, ws.params(), paths.data, state.cache(ws.root))
+    seconds = train.run(paths.prepared, paths.candidate, ws.params(), paths.data, state.cache(ws.root))
     faults.reached("retrain:trained")
+    return seconds
 
 
 def run_evaluate(ws: Workspace) -> Evaluation:
@@ -266,7 +311,7 @@ def record(ws: Workspace, cycle: Cycle) -> VersionInfo:
     paths = ws.stage_paths()
     # dvc commit records the stage outputs this process just produced in dvc.lock,
     # exactly as `dvc repro` would have: the lock then names this candidate's inputs and outputs
-    versioning.dvc(ws.root, "commit", "-f")
+    versioning.dvc_commit(ws.root)
     faults.reached("retrain:dvc-committed")
     before = versioning.head(ws.root)
     commit = versioning.commit(

@@ -30,6 +30,7 @@ from ratchet import faults, state
 from ratchet.atomic import write_text
 from ratchet.config import Params
 from ratchet.errors import BatchRefused, InputError, RatchetError
+from ratchet.steps import Steps, directly
 from ratchet.workspace import Workspace
 
 if TYPE_CHECKING:  # lazy at run time: these import numpy or mlflow
@@ -235,6 +236,44 @@ def pending(ws: Workspace) -> list[str]:
     registry = open_registry(ws)
     registry.ensure_store()
     return [b.batch_id for b in ledger(ws, registry) if b.state == "pending"]
+
+
+def run_inbox(
+    ws: Workspace,
+    retrain: Callable[[Workspace], Outcome | None],
+    step: Steps = directly,
+    announce: Callable[[Path, str], str | None] | None = None,
+) -> InboxRun:
+    """Take the inbox's complete batches, oldest first, each its own step, then `retrain` (one
+    cycle) if there is anything to train on; returns what became of each batch and the cycle's
+    outcome. A batch refused whole is set aside with its reason while the others go on; `announce`
+    tells a Prefect API of each versioned batch, returning a warning line when it could not."""
+    inbox = open_inbox(ws, ws.params())
+    taken: list[Taken] = []
+    try:
+        arrivals = inbox.scan()
+    except RatchetError as exc:  # an S3 inbox out of reach: nothing taken, pending batches still trained
+        print(f"{exc}: nothing versioned")
+        arrivals, unreadable = [], str(exc)
+    else:
+        unreadable = ""
+    for arrival in arrivals:
+        if arrival.waiting_for:  # left alone, untouched, until upstream finishes it
+            taken.append(Taken(arrival.name, "waiting", arrival.waiting_for))
+            continue
+        try:
+            taken.append(step("version-batch", inbox.take)(ws, arrival, print))
+        except RatchetError as exc:  # git, DVC or the lock, not the batch: it stays for the next run
+            print(f"{arrival.name}: left in the inbox for the next run: {exc}")
+            taken.append(Taken(arrival.name, "left", str(exc)))
+            continue
+        batch_id = taken[-1].batch_id
+        if batch_id is not None and announce is not None and (warning := announce(ws.root, batch_id)):
+            print(f"warning: {warning}")
+    if not any(t.status == "versioned" for t in taken) and not step("pending", pending)(ws):
+        print("no cycle: nothing was versioned and no batch is pending")
+        return InboxRun(inbox.location, tuple(taken), cycle_ran=False, outcome=None, unreadable=unreadable)
+    return InboxRun(inbox.location, tuple(taken), cycle_ran=True, outcome=retrain(ws), unreadable=unreadable)
 
 
 def _counts(report: IngestReport) -> str:

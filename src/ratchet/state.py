@@ -1,6 +1,6 @@
 """ratchet's own files in a workspace, under `.ratchet/` (git-ignored, never under data/):
 the log that keeps what a one-line error leaves out, the ingest journal, the note of a push
-that has not reached the DVC remote yet, and the stages' cache."""
+that has not reached the DVC remote yet, where the last cycle's time went, and the stages' cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ STATE_DIR = ".ratchet"
 LOG = f"{STATE_DIR}/ratchet.log"
 INGEST_JOURNAL = f"{STATE_DIR}/ingest.json"
 UNPUSHED = f"{STATE_DIR}/unpushed.txt"  # what a failed or interrupted `dvc push` left behind
+CYCLE_TIMES = f"{STATE_DIR}/cycle-times.json"  # where the last cycle's time went: steps, git, DVC
 # what the stages keep between cycles, derived from versioned files and safe to delete: decoded
 # samples by batch content, and models' scores on them (`ratchet.stages.sets`, `.predictions`)
 CACHE = "cache"

@@ -109,7 +109,7 @@ def recover(root: Path, data_dir: Path) -> str | None:
 def _finish(root: Path, data_dir: Path, intent: Intent) -> DataVersion:
     if not intent.committed:
         try:
-            versioning.dvc(root, "add", "data")
+            versioning.dvc_add(root, data_dir)
             faults.reached("ingest:dvc-added")
             versioning.commit(root, _DVC_FILES, intent.message)
         except BaseException as exc:
@@ -122,7 +122,7 @@ def _finish(root: Path, data_dir: Path, intent: Intent) -> DataVersion:
         _write(root, intent)
         faults.reached("ingest:committed")
     try:
-        versioning.dvc(root, "push")
+        versioning.dvc_push(root)
     except RatchetError as exc:
         raise RatchetError(
             f"batch {intent.batch_id} is committed but not backed up ({exc}); "

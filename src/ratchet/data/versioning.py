@@ -6,16 +6,26 @@ stays something a person can inspect with the same tools.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from ratchet import state
 from ratchet.errors import RatchetError
+
+if TYPE_CHECKING:  # lazy at run time: DVC takes half a second to import
+    from dvc.repo import Repo
+
+T = TypeVar("T")
 
 DATA_DVC = "data.dvc"
 _IDENTITY = {"user.name": "ratchet", "user.email": "ratchet@localhost"}
@@ -40,11 +50,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+# wall seconds this process has waited on git and DVC commands, by tool: where a cycle's time goes
+SPENT: dict[str, float] = {"git": 0.0, "dvc": 0.0}
+
+
 def _run(args: list[str], cwd: Path, what: str) -> str:
+    start = time.perf_counter()
     try:
         done = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise RatchetError(f"{what} failed: {args[0]} is not installed") from None
+    finally:
+        tool = what.split()[0]  # "git" or "dvc", as git() and dvc() name their commands
+        SPENT[tool] = SPENT.get(tool, 0.0) + time.perf_counter() - start
     if done.returncode != 0:
         raise_failure(cwd, args, done.returncode, done.stderr + done.stdout, what)
     return done.stdout
@@ -75,6 +93,68 @@ def dvc(root: Path, *args: str) -> str:
     return _run([sys.executable, "-m", "dvc", *args], root, f"dvc {args[0]}")
 
 
+def dvc_api(root: Path, what: str, call: Callable[[Repo], T]) -> T:
+    """`call` with the workspace's DVC repository, in this process: the work of the `dvc` command
+    `what` names, without a Python starting and importing DVC for it (about half a second each, and
+    a cycle runs several). For the commands a cycle and an ingest run every time; the rest go
+    through `dvc`. A failure is one line, as the command's would be, its traceback in the log."""
+    from dvc.repo import Repo
+
+    start = time.perf_counter()
+    said = io.StringIO()  # DVC's own lines, logged and printed, and its progress bars: for the log
+    try:
+        with _only_into(said), contextlib.chdir(root), Repo(str(root)) as repo:  # as the command runs
+            return call(repo)
+    except Exception as exc:  # noqa: BLE001 - any failure of DVC's is the command's failure
+        causes = " - ".join(str(e) or type(e).__name__ for e in _chain(exc))
+        output = f"{said.getvalue()}{traceback.format_exc()}ERROR: {causes}"
+        raise_failure(root, ["dvc", *what.split()[1:]], 1, output, what)
+    finally:
+        SPENT["dvc"] += time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _only_into(said: io.StringIO) -> Iterator[None]:
+    """DVC's output goes to `said` alone while DVC runs here: its prints, and its log records, which
+    would otherwise reach this process's own handlers."""
+    log = logging.getLogger("dvc")
+    handler = logging.StreamHandler(said)
+    propagate, level = log.propagate, log.level
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+        log.setLevel(level)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """An exception and its causes: DVC wraps the one that says why (a full disk, a refused write)."""
+    chain = [exc]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+def dvc_add(root: Path, target: Path) -> None:
+    """`dvc add target`: hash it into the cache and write its .dvc file."""
+    dvc_api(root, f"dvc add {target.name}", lambda repo: repo.add(str(target.resolve())))
+
+
+def dvc_commit(root: Path) -> None:
+    """`dvc commit -f`: record the stage outputs as they are now in dvc.lock and the cache."""
+    dvc_api(root, "dvc commit", lambda repo: repo.commit(force=True))
+
+
+def dvc_push(root: Path) -> None:
+    """`dvc push`: everything the workspace tracks, to its default remote."""
+    dvc_api(root, "dvc push", lambda repo: repo.push())
+
+
 def ensure_repos(root: Path, remote: Path) -> None:
     """git init + dvc init + a default local DVC remote; each step only if it is missing."""
     if not (root / ".git").exists():
@@ -100,7 +180,7 @@ def push(root: Path, what: str) -> str | None:
     note = root / state.UNPUSHED
     note.write_text(what + "\n", encoding="utf-8")
     try:
-        dvc(root, "push")
+        dvc_push(root)
     except RatchetError as exc:
         return (
             f"{what} is committed but not backed up ({exc}); fix the DVC remote, then the next "
@@ -183,8 +263,8 @@ def restore_from_head(root: Path, paths: list[str]) -> None:
 def data_changes(root: Path) -> list[str]:
     """Files under data/ that are not as data.dvc records them ("modified data/...", "deleted ...",
     "added ..."): edited or removed after ingest, or left by an ingest that never finished."""
-    raw = dvc(root, "data", "status", "--granular", "--json").strip()
-    uncommitted = json.loads(raw).get("uncommitted", {}) if raw else {}
+    status = dvc_api(root, "dvc data status", lambda repo: repo.data_status(granular=True))
+    uncommitted = status.get("uncommitted", {})
     return [
         f"{kind} {path}"
         for kind, paths in sorted(uncommitted.items())

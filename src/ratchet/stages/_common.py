@@ -19,17 +19,27 @@ PARAMS_FILE = Path("params.yaml")
 
 
 def stage_main(
-    name: str, paths: list[str], run: Callable[[list[Path], Params], object], argv: list[str] | None
+    name: str,
+    paths: list[str],
+    run: Callable[[list[Path], Params], object],
+    argv: list[str] | None,
+    raise_errors: bool = False,
 ) -> int:
+    """`raise_errors`: a RatchetError propagates instead of being printed (a caller reports it)."""
     parser = argparse.ArgumentParser(
         prog=f"python -m ratchet.stages.{name}", description="run from the workspace root, as dvc.yaml does"
     )
     for path in paths:
         parser.add_argument(path, type=Path)
+    parser.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="default: params.yaml, the file DVC tracks"
+    )
     args = parser.parse_args(argv)
     try:
-        run([getattr(args, p) for p in paths], load_params(PARAMS_FILE))
+        run([getattr(args, p) for p in paths], load_params(args.params))
     except RatchetError as exc:
+        if raise_errors:
+            raise
         print(f"ratchet {name}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0

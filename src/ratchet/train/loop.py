@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from ratchet.train.model import (
 )
 from ratchet.train.strategies.base import Origin, Run, Step, Strategy, load
 
+if TYPE_CHECKING:  # imported when a run has a world (see `fit`): a lone process initialises nothing
+    from ratchet.train.distributed import World
+
 
 @dataclass(frozen=True)
 class EpochStats:
@@ -45,7 +49,7 @@ class EpochStats:
 class FitResult:
     checkpoint: Checkpoint
     history: tuple[EpochStats, ...]
-    images_processed: int
+    images_processed: int  # by every rank together
     seconds: float
     device: str
 
@@ -61,6 +65,7 @@ def fit(
     params: TrainParams,
     on_epoch: EpochCallback | None = None,
     pretrained: str | None = None,
+    world: World | None = None,
 ) -> FitResult:
     """Train a candidate with `params.strategy` on one cycle's training samples.
 
@@ -68,13 +73,24 @@ def fit(
     from `initial_spec` (and `pretrained` weights, if given). New classes grow the head; old class
     indices never move. The returned checkpoint carries the updated state; the parent's is never
     modified. Seeds and torch's determinism flags are set process-wide: a cycle owns its process.
+
+    With a `world` of several processes (data-parallel: `ratchet.train.distributed`), every rank
+    calls this with the same arguments: each trains on its share of every epoch's samples with a
+    `batch_size / world.size` minibatch, gradients are averaged over the ranks, and every rank
+    returns the same weights (rank 0's result is the one to keep).
     """
     units = load(params.strategy, params)
     if len(labels) == 0:
         raise ValueError("no training samples")
+    size, per_rank = 1, params.batch_size
     seed_everything(params.seed, params.deterministic)
     pin_threads(params.threads)
     device = select_device(params.device)
+    if world is not None:
+        from ratchet.train import distributed
+
+        size, per_rank = world.size, distributed.per_rank_batch(params.batch_size, world.size)
+        device = distributed.join(world, device)
     use_cuda = device.type == "cuda"
 
     # where the weights come from, decided once
@@ -99,11 +115,9 @@ def fit(
         if share > 0 and len(memory) > 0
         else None
     )
-    # at least one of each per step, and never more than batch_size in all
-    mem_per_step = (
-        min(max(1, round(params.batch_size * share)), params.batch_size - 1) if drawn is not None else 0
-    )
-    new_per_step = max(1, params.batch_size - mem_per_step)
+    # per rank; at least one of each per step, and never more than the rank's batch in all
+    mem_per_step = min(max(1, round(per_rank * share)), per_rank - 1) if drawn is not None else 0
+    new_per_step = max(1, per_rank - mem_per_step)
     run = Run(
         params=params,
         origin=origin,
@@ -116,15 +130,20 @@ def fit(
         drawn=drawn,
         new_per_step=new_per_step,
         mem_per_step=mem_per_step,
+        world=world,
     )
     for unit in units:
         unit.setup(run)
 
-    steps_per_epoch = math.ceil(len(new) / new_per_step)
+    # every rank holds ceil(n / size) of an epoch's samples (`distributed.shard`): the same step count
+    steps_per_epoch = math.ceil(math.ceil(len(new) / size) / new_per_step)
     # smaller steps when continuing from the champion keep what it knew
     lr = params.finetune_lr if origin == "champion" else params.lr
     optimizer, schedule = _optimizer(run, units, lr, steps_per_epoch * params.num_epochs)
-    forward = torch.compile(model) if params.compile else model
+    trained: torch.nn.Module = model
+    if world is not None:
+        trained = distributed.wrap(model, device, find_unused=any(u.freezes for u in units))
+    forward = torch.compile(trained) if params.compile else trained
     # shuffles come from a CPU generator so CPU and GPU runs see the same sample order
     gen = torch.Generator().manual_seed(params.seed)
 
@@ -136,11 +155,18 @@ def fit(
         model.train()
         for unit in units:
             unit.start_epoch(epoch)
-        new_batches = new.batches(torch.randperm(len(new), generator=gen), new_per_step)
+        # every rank draws the same order and memory picks (same generator, same seed) and keeps
+        # its share, so the generator stays in step across ranks for what follows (ewc's samples)
+        order = torch.randperm(len(new), generator=gen)
+        if world is not None:
+            order = distributed.shard(order, world)
+        new_batches = new.batches(order, new_per_step)
         picks: torch.Tensor | None = None
         mem_batches: Iterator[Batch | None] = itertools.repeat(None)
         if drawn is not None:
-            picks = torch.randint(len(drawn), (steps_per_epoch * mem_per_step,), generator=gen)
+            picks = torch.randint(len(drawn), (steps_per_epoch * mem_per_step * size,), generator=gen)
+            if world is not None:  # each step's draws for the whole world, a slice per rank
+                picks = picks.view(steps_per_epoch, size, mem_per_step)[:, world.rank].reshape(-1)
             mem_batches = drawn.batches(picks, mem_per_step)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -170,6 +196,10 @@ def fit(
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
+        if world is not None:  # the epoch's figures over every rank's samples
+            distributed.all_sum(loss_sum)
+            distributed.all_sum(correct)
+            seen = int(distributed.all_sum(torch.tensor(seen, device=device)))
         processed += seen
         stats = EpochStats(
             epoch, float(loss_sum) / seen, float(correct) / seen, time.perf_counter() - t_epoch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from ratchet.train.checkpoint import Checkpoint, StrategyState
 from ratchet.train.feed import TrainingSet
 from ratchet.train.memory import ReplayMemory
 from ratchet.train.model import Classifier, ModelSpec
+
+if TYPE_CHECKING:  # torch.distributed comes in only for a run with several processes
+    from ratchet.train.distributed import World
 
 # where a candidate's weights come from, decided once per fit:
 #   scratch: random init; champion: a copy of the parent (head grown); pretrained: a local state_dict
@@ -38,8 +41,9 @@ class Run:
     new: TrainingSet  # this cycle's training samples
     memory: ReplayMemory  # the memory as the parent left it
     drawn: TrainingSet | None  # the memory's samples, when units draw from it every minibatch
-    new_per_step: int
+    new_per_step: int  # per rank, with several processes
     mem_per_step: int
+    world: World | None = None  # the processes training together (data-parallel); None: this one alone
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Strategy:
     name: ClassVar[str]
     fresh_start: ClassVar[bool] = False  # random weights even when a champion exists
     trains_on_all_seen: ClassVar[bool] = False  # train data: every batch seen, not just the new ones
+    freezes: ClassVar[bool] = False  # some parameters get no gradient in some steps (DDP must know)
 
     def __init__(self, params: TrainParams) -> None:
         self.params = params

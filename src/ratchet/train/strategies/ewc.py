@@ -40,6 +40,11 @@ def estimate_fisher(model: Classifier, images: torch.Tensor, labels: torch.Tenso
     Per-sample (not per-batch) gradients: squaring a batch gradient would underestimate it by the
     batch size and mix samples. Run in eval mode so batch norm uses its running statistics.
     """
+    return {n: f / max(1, len(labels)) for n, f in fisher_sums(model, images, labels).items()}
+
+
+def fisher_sums(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The squared per-sample gradients of `estimate_fisher`, summed, not yet averaged."""
     was_training = model.training
     model.eval()
     fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
@@ -52,7 +57,19 @@ def estimate_fisher(model: Classifier, images: torch.Tensor, labels: torch.Tenso
                 fisher[n] += p.grad.detach().pow(2)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return {n: f / max(1, len(labels)) for n, f in fisher.items()}
+    return fisher
+
+
+def shared_fisher(run: Run, picks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`estimate_fisher` over `picks` with several processes: each rank takes every size-th sample,
+    the sums are added over the ranks, so every rank holds the Fisher of all `picks`."""
+    from ratchet.train import distributed
+
+    assert run.world is not None
+    mine = picks[run.world.rank :: run.world.size]
+    sums = fisher_sums(run.model, *run.new.take(mine))
+    # in the model's parameter order, the same on every rank: the collectives pair up
+    return {n: distributed.all_sum(f) / max(1, len(picks)) for n, f in sums.items()}
 
 
 def online_ewc_state(
@@ -86,8 +103,11 @@ class Ewc(Strategy):
 
     def finish(self, run: Run, generator: torch.Generator, memory: ReplayMemory) -> StrategyState:
         n = min(len(run.new), self.params.ewc_fisher_samples)
-        fisher = estimate_fisher(
-            run.model, *run.new.take(torch.randperm(len(run.new), generator=generator)[:n])
+        picks = torch.randperm(len(run.new), generator=generator)[:n]  # the same on every rank
+        fisher = (
+            estimate_fisher(run.model, *run.new.take(picks))
+            if run.world is None
+            else shared_fisher(run, picks)
         )
         return online_ewc_state(self.previous, fisher, run.model, self.params.ewc_gamma)
 

@@ -42,6 +42,7 @@ class TransferPlan:
 
 class Transfer(Strategy):
     name = "transfer"
+    freezes = True  # frozen blocks
 
     def setup(self, run: Run) -> None:
         # from scratch there is nothing to transfer: every layer trains from the start
