@@ -246,8 +246,8 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
     out = capsys.readouterr().out
     added = (
         "schema, registry.tracking_uri, registry.registry_uri, data.max_unpacked_bytes, train.seed, "
-        "train.threads, train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review, inbox, remotes, "
-        "schedule"
+        "train.devices, train.threads, train.derpp_alpha, train.derpp_beta, gate.min_accuracy, review, "
+        "inbox, remotes, schedule"
     )
     assert f"params.yaml: added {added}" in out
     new = (root / "params.yaml").read_text()
@@ -265,6 +265,7 @@ def test_init_adds_the_keys_an_old_params_yaml_lacks_and_nothing_else(
         "registry_uri",
         "max_unpacked_bytes",
         "seed",
+        "devices",
         "threads",
         "derpp_alpha",
         "derpp_beta",
