@@ -160,40 +160,36 @@ def test_retrain_prints_ratchets_lines_and_keeps_prefects_for_verbose(
     assert "epoch  12" in said and "images/s" in said and "version 1 promoted" in said
     assert "Beginning flow run" not in said and "Finished in state" not in said
     assert "Finished in state Completed" in (root / ".ratchet" / "ratchet.log").read_text()
-    # nothing new: answered before Prefect is imported (so no temporary server either), even with
-    # no Prefect server to talk to, in the same words the flow used
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", "--verbose", "retrain", "-w", str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # nothing new: answered without Prefect, in the same words the flow used
+    done, imported = without_prefect("--verbose", "retrain", "-w", str(root), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [NOTHING_PENDING, "nothing new to train on"]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "ratchet.registry" in imported and "prefect" not in imported
     assert "temporary server" not in done.stderr
     # an ingest and a cycle, with no Prefect API configured: the cycle's steps run directly, and
     # neither command imports Prefect (there is no server to announce the batch to)
-    said = ""
-    batch = str(stream_files["digits-5-9"])
-    commands = [(["ingest", batch], "ratchet.intake"), (["retrain"], "ratchet.cycle")]
-    for command, module in commands:
-        done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "ratchet.cli", *command, "-w", str(root)],
-            env=env | {"PREFECT_HOME": str(tmp_path / "prefect-home")},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr
-        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
-        assert module in imported and "prefect" not in imported
-        said = done.stdout
-    assert "epoch  12" in said and "version 2 promoted" in said
+    done, imported = without_prefect("ingest", str(stream_files["digits-5-9"]), "-w", str(root), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ratchet.intake" in imported and "prefect" not in imported
+    done, imported = without_prefect("retrain", "-w", str(root), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ratchet.cycle" in imported and "prefect" not in imported
+    assert "epoch  12" in done.stdout and "version 2 promoted" in done.stdout
+
+
+def without_prefect(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The real `ratchet ARGS` where nothing names a Prefect API (no PREFECT_* variable, an empty
+    Prefect home, no settings file in `cwd`): what it did, and every module it imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", *args],
+        env=env | {"PREFECT_HOME": str(cwd / "prefect-home")},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return done, [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
 
 
 def test_a_cycle_runs_as_a_prefect_flow_only_where_a_prefect_api_is_configured(

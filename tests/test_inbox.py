@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from ratchet.data.catalog import list_batches
 from ratchet.data.digits import StreamBatch
 from ratchet.errors import InputError
 from ratchet.workspace import init_workspace, open_workspace
+from test_cli import without_prefect
 
 RunRatchet = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -206,21 +206,12 @@ def test_without_a_prefect_api_the_inbox_runs_its_steps_directly(
     # given a batch in the inbox and no Prefect API anywhere Prefect would look
     root = make_workspace(tmp_path / "ws")
     drop(stream_files["digits-0-4"], root / "incoming", "digits-0-4.npz", age_s=10)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     # when `ratchet inbox` runs
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "ratchet.cli", "inbox", "-w", str(root)],
-        env=env | {"PREFECT_HOME": str(tmp_path / "prefect-home")},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done, imported = without_prefect("inbox", "-w", str(root), cwd=tmp_path)
     # then the batch is versioned, moved to done/ and trained on, and Prefect was never imported
     assert done.returncode == 0, done.stderr
     assert re.search(r"digits-0-4.npz: versioned as batch \S+ .* -> done/digits-0-4.npz", done.stdout)
     assert "version 1 promoted" in done.stdout
-    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
     assert "ratchet.intake" in imported and "prefect" not in imported
 
 
