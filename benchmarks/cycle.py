@@ -39,6 +39,7 @@ import numpy as np
 from benchmarks.common import device_label, device_slug, write_results
 from benchmarks.stream import make_workspace
 from ratchet.data.fashion import load_fashion
+from ratchet.train.checkpoint import MEMORY_FILE
 
 # the parts of a cycle, in the order the plot stacks them
 PARTS = ("training", "evaluation", "data", "dvc", "registry", "rest")
@@ -106,7 +107,9 @@ def run_cycles(
         stored = du(cache) - before  # the batch as DVC keeps it
         wall, rss, out = run([*ratchet, "retrain", "-w", str(root)], root, env)
         times = json.loads((root / ".ratchet" / "cycle-times.json").read_text())
-        weights = du(root / "artifacts" / "candidate" / "checkpoint")
+        checkpoint = root / "artifacts" / "candidate" / "checkpoint"
+        memory = du(checkpoint / MEMORY_FILE)  # the replay memory, stored with the weights
+        weights = du(checkpoint) - memory
         grown = du(cache) - before
         split = parts(wall, times)
         action = next((line for line in out.splitlines() if line.startswith("version ")), "?")
@@ -122,6 +125,7 @@ def run_cycles(
             "dvc_growth_mb": grown / 2**20,
             "batch_stored_mb": stored / 2**20,
             "weights_mb": weights / 2**20,
+            "memory_mb": memory / 2**20,
             "growth_ratio": grown / (stored + weights),
             "outcome": action,
         }
@@ -190,15 +194,16 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['epochs']} epochs, no Prefect API configured. Machine: {doc['machine']}.",
         "",
         "| cycle | retrain s | fixed s | training s | evaluation s | data s | DVC s | registry s | rest s "
-        "| peak RSS MB | DVC growth MB | growth / (batch + weights) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS MB | DVC growth MB | of which replay memory MB | growth / (batch + weights) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = r["parts_s"]
         lines.append(
             f"| {r['cycle']} | {r['retrain_s']:.1f} | {r['fixed_s']:.1f} | "
             + " | ".join(f"{p[k]:.1f}" for k in PARTS)
-            + f" | {r['peak_rss_mb']:.0f} | {r['dvc_growth_mb']:.2f} | {r['growth_ratio']:.2f} |"
+            + f" | {r['peak_rss_mb']:.0f} | {r['dvc_growth_mb']:.2f} | {r['memory_mb']:.2f} "
+            f"| {r['growth_ratio']:.2f} |"
         )
     t, predict, warm = doc["targets"], doc["predict"], f"cycles 2-{len(rows)}"
     checks = [
