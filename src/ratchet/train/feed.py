@@ -88,9 +88,14 @@ def pin_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, compiled: bool = False) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
     # repeatable runs are what `dvc repro` checks; the fast cudnn autotuner is not repeatable
     torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if compiled:  # torch.compile's kernels have a switch of their own, which this also sets
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    else:
+        # the same switch for eager kernels, without importing the compiler's config to set its
+        # own (over a second of every training process, for a compiler it does not use)
+        torch._C._set_deterministic_algorithms(deterministic, warn_only=True)

@@ -83,7 +83,7 @@ def fit(
     if len(labels) == 0:
         raise ValueError("no training samples")
     size, per_rank = 1, params.batch_size
-    seed_everything(params.seed, params.deterministic)
+    seed_everything(params.seed, params.deterministic, params.compile)
     pin_threads(params.threads)
     device = select_device(params.device)
     if world is not None:
