@@ -131,15 +131,16 @@ def run_ratchet(steps: list[StreamStep], strategy: str, params: TrainParams, tes
 
 
 class RatchetLayout(nn.Module):
-    """The model fed its input as ratchet's `preprocess` leaves it: channels-last strides (for one
-    channel `.contiguous(memory_format=...)` would keep NCHW's strides: both count as contiguous)."""
+    """The model fed its input as ratchet's `preprocess` leaves it: channels-last strides. A copy,
+    not `.contiguous(memory_format=...)`: with one channel both layouts count as contiguous, so
+    that (and any permute-contiguous-permute) would keep NCHW's strides."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2))
+        out: torch.Tensor = self.model(x.clone(memory_format=torch.channels_last))
         return out
 
 
@@ -163,6 +164,17 @@ class OneCyclePerExperience(SupervisedPlugin):  # type: ignore[misc]
     def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
         assert self.schedule is not None
         self.schedule.step()
+
+
+def check_layouts() -> None:
+    """What each Avalanche run is fed against what ratchet's loop feeds its model: fails loudly
+    should a torch version change how one-channel layouts are told apart."""
+    images = torch.zeros((2, 28, 28, 1), dtype=torch.uint8)
+    ours = preprocess(images).stride()
+    user = preprocess(images).clone(memory_format=torch.contiguous_format)
+    same = RatchetLayout(nn.Identity())(user).stride()
+    if same != ours or user.stride() == ours:
+        raise SystemExit(f"layouts: ratchet {ours}, Avalanche user {user.stride()}, same {same}")
 
 
 def bic_val_percentage(per_class: int, memory: int) -> float:
@@ -442,9 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bic-stage2-epochs", type=int, default=200, help="Avalanche's default: 200")
     parser.add_argument("--data-dir", type=Path, default=None, help="directory of the IDX .gz files")
     args = parser.parse_args(argv)
+    params = FASHION_TRAIN
+    check_layouts()
+    # one-time imports off the clock: setting torch's determinism flags (ratchet's fit does, every
+    # time) imports torch's compiler stack the first time, tens of seconds on a busy machine
+    torch.use_deterministic_algorithms(params.deterministic, warn_only=True)
     train, test = load_fashion(*([] if args.data_dir is None else [args.data_dir]))
     steps = class_incremental(train, test, fraction=args.fraction)
-    params = FASHION_TRAIN
     plan = contenders(
         [s for s in args.strategies.split(",") if s], [r for r in args.remedies.split(",") if r]
     )
