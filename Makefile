@@ -7,7 +7,12 @@ PYTHON  ?= python3
 # processes); loadfile keeps each file's shared workspaces in one process
 TEST_WORKERS ?= 2
 
-.PHONY: demo demo-team test data repro ui lint bench
+# Avalanche, for benchmarks/peer.py only, lives in its own venv: never in .venv, never a dependency
+PEER_VENV  := .venv-peer
+PEER_BIN   := $(abspath $(PEER_VENV))/bin
+PEER_STAMP := $(PEER_VENV)/.installed
+
+.PHONY: demo demo-team test data repro ui lint bench bench-peer
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +53,13 @@ bench: $(STAMP)  ## Fashion-MNIST benchmarks, full data (needs the Debian packag
 	$(BIN)/python -m benchmarks.throughput $(THROUGHPUT_ARGS)
 	$(BIN)/python -m benchmarks.continual_quality $(ARGS)
 	$(BIN)/python -m benchmarks.stream $(STREAM_ARGS)
+
+$(PEER_STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	@# the lock's pins hold (torch above all): Avalanche only adds what ratchet does not have
+	$(PEER_BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[peer]'
+	touch $(PEER_STAMP)
+
+bench-peer: $(PEER_STAMP)  ## ratchet against Avalanche on class-incremental Fashion-MNIST, in .venv-peer; PEER_ARGS="--fraction 0.1 --repeats 3"
+	$(PEER_BIN)/python -m benchmarks.peer $(PEER_ARGS)
