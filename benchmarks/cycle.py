@@ -223,6 +223,13 @@ def markdown(doc: dict[str, Any]) -> str:
             t["last_over_first"] <= 1.3,
         ),
         (
+            # the first cycle trains from scratch without a replay memory; the second is the first
+            # to train what every later one does (the batch and the memory's draws)
+            f"cycle {last['cycle']} <= 1.3x cycle 2",
+            f"{t['last_over_second']:.2f}x ({last['retrain_s']:.1f} s / {rows[1]['retrain_s']:.1f} s)",
+            t["last_over_second"] <= 1.3,
+        ),
+        (
             "DVC growth per cycle <= 1.2x batch + weights",
             f"{t['growth_max']:.2f}x at most ({warm})",
             t["growth_max"] <= 1.2,
@@ -335,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {
             "fixed_warm_s": statistics.median(r["fixed_s"] for r in warm),
             "last_over_first": rows[-1]["retrain_s"] / rows[0]["retrain_s"],
+            "last_over_second": rows[-1]["retrain_s"] / warm[0]["retrain_s"],
             "growth_max": max(r["growth_ratio"] for r in warm),
         },
     }
