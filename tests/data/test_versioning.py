@@ -38,3 +38,31 @@ def test_a_failed_push_is_said_once_and_retried_by_the_next_command(tmp_path: Pa
     assert "in sync" in versioning.dvc(root, "status", "--cloud")
     # and with nothing waiting, nothing is said
     assert versioning.push_unpushed(root) is None
+
+
+def test_dvc_in_this_process_ignores_the_stream_dvc_bound_its_log_to(tmp_path: Path) -> None:
+    # given the handler importing DVC set up on a stream that is closed by now (a test's capture,
+    # a reader gone), as DVC binds sys.stdout at import
+    import io
+    import logging
+
+    from dvc.logger import LoggerHandler
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    versioning.ensure_repos(root, tmp_path / "storage")
+    (root / "parent").mkdir()
+    (root / "parent" / "weights.pt").write_bytes(b"weights")
+    closed = io.StringIO()
+    closed.close()
+    log = logging.getLogger("dvc")
+    saved = log.handlers
+    log.handlers = [LoggerHandler(closed)]  # DVC's: it fails the command when it cannot write
+    try:
+        # when a DVC command that logs ("To track the changes with git") runs in this process
+        versioning.dvc_add(root, root / "parent")
+        # then it does its work, its lines kept away from that stream, which is DVC's again after
+        assert (root / "parent.dvc").is_file()
+        assert [h.stream for h in log.handlers if isinstance(h, logging.StreamHandler)] == [closed]
+    finally:
+        log.handlers = saved

@@ -118,16 +118,17 @@ def _only_into(said: io.StringIO) -> Iterator[None]:
     """DVC's output goes to `said` alone while DVC runs here: its prints, and its log records, which
     would otherwise reach this process's own handlers."""
     log = logging.getLogger("dvc")
-    handler = logging.StreamHandler(said)
-    propagate, level = log.propagate, log.level
-    log.addHandler(handler)
+    # alone: a handler DVC's own command line set up earlier in this process writes to the stream
+    # of that moment, which may be closed by now, and DVC then fails the command it logs for
+    handlers, propagate, level = log.handlers, log.propagate, log.level
+    log.handlers = [logging.StreamHandler(said)]
     log.propagate = False
     log.setLevel(logging.INFO)
     try:
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             yield
     finally:
-        log.removeHandler(handler)
+        log.handlers = handlers
         log.propagate = propagate
         log.setLevel(level)
 
