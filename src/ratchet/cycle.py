@@ -85,7 +85,11 @@ def plan(ws: Workspace, strategy: str | None = None) -> Cycle | None:
     asked for another to the next cycle.
     """
     registry, params = _settled(ws, strategy)
-    cycle = next_cycle(ws, registry, params, strategy)
+    try:
+        cycle = next_cycle(ws, registry, params, strategy)
+    except InputError:  # data/ unreadable (a manifest gone): said as the files that changed, if any
+        _check_data(ws)
+        raise
     if cycle is None:
         return None
     _check_data(ws)
