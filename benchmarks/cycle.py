@@ -73,6 +73,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[
 
 
 def du(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory; 0 for nothing there."""
+    if path.is_file():
+        return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
