@@ -47,6 +47,13 @@ def device_slug() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def du(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory; 0 for nothing there."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import device_label, device_slug, write_results
+from benchmarks.common import device_label, device_slug, du, write_results
 from benchmarks.stream import make_workspace
 from ratchet.data.fashion import load_fashion
 from ratchet.train.checkpoint import MEMORY_FILE
@@ -70,13 +70,6 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{out}")
     return seconds, usage.ru_maxrss * 1024, out
-
-
-def du(path: Path) -> int:
-    """Bytes of a file, or of every file under a directory; 0 for nothing there."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def parts(wall: float, times: dict[str, Any]) -> dict[str, float]:

@@ -20,11 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import du
 from ratchet.data.fashion import load_fashion
-
-
-def tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
 def main() -> int:
@@ -70,7 +67,7 @@ def main() -> int:
     incoming.mkdir()
     rows = []
     cache, remote = root / ".dvc" / "cache", ws.dvc_remote
-    before = (tree_bytes(cache), tree_bytes(remote))
+    before = (du(cache), du(remote))
     print(f"workspace {root}")
     print(
         f"{'cycle':>5} {'prepare':>8} {'train':>7} {'evaluate':>9} {'batch B':>9} {'weights B':>10} "
@@ -95,8 +92,8 @@ def main() -> int:
             seconds[name] = time.perf_counter() - t0
         version = cycle.record(ws, planned)
         outcome = cycle.apply(ws, planned, version, dry_run=False, resumed=False)
-        after = (tree_bytes(cache), tree_bytes(remote))
-        batch_bytes = tree_bytes(catalog.batches_dir(ws.data_dir) / batch_id)
+        after = (du(cache), du(remote))
+        batch_bytes = du(catalog.batches_dir(ws.data_dir) / batch_id)
         weights = (ws.stage_paths().candidate / train.CHECKPOINT / WEIGHTS_FILE).stat().st_size
         growth = (after[0] - before[0], after[1] - before[1])
         before = after
