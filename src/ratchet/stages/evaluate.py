@@ -78,6 +78,7 @@ def run(
     parent = prepared / prepare.PARENT
     champion = _Model(load_checkpoint(parent), model_content(parent)) if parent.is_dir() else None
     known = champion.checkpoint.spec.classes if champion is not None else None
+    cand_classes = candidate.checkpoint.spec.classes
     shape = (params.data.image_size, params.data.image_size, params.data.channels)
 
     def held(refs: tuple[BatchRef, ...]) -> HeldOut:
@@ -87,7 +88,6 @@ def run(
         return held_out_of(cand_classes, known, cand, champ, labels)
 
     # each model is scored on each held-out set once; metrics and gate both read these predictions
-    cand_classes = candidate.checkpoint.spec.classes
     old, new = held(sets.old), held(sets.new)
     gate_input = GateInput(
         known_classes=known or (),
