@@ -59,18 +59,22 @@ def params(devices: int, batch_size: int = 32) -> Params:
     )
 
 
-def prepared(root: Path, data: Digits, strategy: str, parent: Path | None = None) -> Path:
+def prepared(
+    root: Path, data: Digits, strategy: str, parent: Path | None = None, data_dir: Path | None = None
+) -> Path:
     """What the prepare stage leaves for train (cycle.json, sets.json naming the one batch `data`
-    was ingested as, the parent's checkpoint), beside the data directory it names (`data_of`)."""
+    was ingested as, the parent's checkpoint), beside the data directory it names (`data_of`), or
+    in `data_dir` (where the parent's batches are: its replay memory names their samples)."""
     out = root / "prepared"
     out.mkdir(parents=True)
     np.savez(root / "digits.npz", images=data.images, labels=data.labels)
     # nearly all of it to train on, as before the split: this test holds its own samples out
     split = dataclasses.replace(Params().data, held_out_fraction=0.05)
-    batch = ingest_batch(root / "digits.npz", data_of(out), split).batch_id
+    data_dir = data_dir or data_of(out)
+    batch = ingest_batch(root / "digits.npz", data_dir, split).batch_id
     assert batch is not None
     Cycle("c", (batch,), (), "1" if parent else None, strategy).save(out / prepare.CYCLE)
-    ref = batch_ref(data_of(out), batch)
+    ref = batch_ref(data_dir, batch)
     PreparedSets(train=(ref,), new=(ref,), old=()).save(out / SETS)
     if parent is not None:
         shutil.copytree(parent, out / prepare.PARENT)
@@ -130,16 +134,18 @@ def test_replay_ewc_and_lwf_keep_their_state_consistent_across_processes(
     champion = tmp_path / "champion" / train.CHECKPOINT
     # when digits 5-9 are learned from it with memory draws, distillation and the ewc penalty,
     # by one process and by two
-    prep = prepared(tmp_path / "b", new, "replay+lwf+ewc", parent=champion)
-    train.run(prep, tmp_path / "one", params(devices=1), data_of(prep))
-    train.run(prep, tmp_path / "two", params(devices=2), data_of(prep))
+    data = data_of(first_prep)
+    prep = prepared(tmp_path / "b", new, "replay+lwf+ewc", parent=champion, data_dir=data)
+    train.run(prep, tmp_path / "one", params(devices=1), data)
+    train.run(prep, tmp_path / "two", params(devices=2), data)
     # then the two candidates know all ten digits about as well
     one, two = accuracy_pt(tmp_path / "one", held_out), accuracy_pt(tmp_path / "two", held_out)
     assert one > 80
     assert abs(one - two) <= TOLERANCE_PT, (one, two)
     # and carry the memory and a Fisher over all the samples drawn for it
-    candidate = load_checkpoint(tmp_path / "two" / train.CHECKPOINT)
-    reference = load_checkpoint(tmp_path / "one" / train.CHECKPOINT)
+    candidate = load_checkpoint(tmp_path / "two" / train.CHECKPOINT, samples=train.sample_lookup(data, None))
+    reference = load_checkpoint(tmp_path / "one" / train.CHECKPOINT, samples=train.sample_lookup(data, None))
+    assert candidate.memory is not None and reference.memory is not None
     assert candidate.memory.per_class() == reference.memory.per_class()
     assert (candidate.memory.images == reference.memory.images).all()
     for name, fisher in reference.states["ewc"]["fisher"].items():

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ratchet import app, cycle, state
@@ -20,6 +21,7 @@ from ratchet.stages import evaluate, prepare, train
 from ratchet.stages.evaluate import Evaluation
 from ratchet.stages.predictions import model_content
 from ratchet.stages.sets import SETS, PreparedSets
+from ratchet.train.checkpoint import MEMORY_FILE
 from ratchet.workspace import Workspace, init_workspace
 
 BATCHES = ("digits-0-4", "digits-5-9", "digits-more")
@@ -33,6 +35,8 @@ class Cycled:
     candidate: str
     batch_bytes: int  # the new batch's files under data/
     checkpoint_bytes: int  # the candidate's checkpoint: weights, spec, replay memory
+    memory_pixels: int  # rows of the replay memory stored as pixels, not as references to data/
+    memory_size: int  # samples in the replay memory
     cache_growth: int  # bytes the DVC cache grew by, ingest and cycle together
 
 
@@ -75,6 +79,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, stream_files: dict[str, Path])
                 candidate=model_content(checkpoint),
                 batch_bytes=tree_bytes(catalog.batches_dir(ws.data_dir) / batch_id),
                 checkpoint_bytes=tree_bytes(checkpoint),
+                memory_pixels=len(np.load(checkpoint / MEMORY_FILE)["images"]),
+                memory_size=len(np.load(checkpoint / MEMORY_FILE)["labels"]),
                 cache_growth=tree_bytes(dvc_cache) - before,
             )
         )
@@ -119,9 +125,11 @@ def test_metrics_with_a_warm_cache_equal_metrics_with_none(run: Run, tmp_path: P
 
 def test_a_later_cycle_grows_the_dvc_cache_by_its_batch_and_candidate(run: Run) -> None:
     for c in run.cycles[1:]:
-        # what is new: the batch and the candidate (weights and replay memory, which change each
-        # cycle), and small files; no copy of the batch, no old held-out set, no parent stored again
-        assert c.cache_growth <= 1.2 * c.batch_bytes + c.checkpoint_bytes, (
+        # the replay memory names the samples it keeps (all from batches in data/), not their pixels
+        assert c.memory_size > 0 and c.memory_pixels == 0
+        # what is new: the batch and the candidate, and small files; no copy of the batch or of the
+        # memory's samples, no old held-out set, no parent stored again
+        assert c.cache_growth <= 1.2 * (c.batch_bytes + c.checkpoint_bytes), (
             c.cache_growth,
             c.batch_bytes,
             c.checkpoint_bytes,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ratchet.errors import InputError
 from ratchet.train.checkpoint import (
     MEMORY_FILE,
     SPEC_FILE,
@@ -17,7 +18,7 @@ from ratchet.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ratchet.train.memory import ReplayMemory
+from ratchet.train.memory import NOWHERE, Origins, ReplayMemory
 from ratchet.train.model import ModelSpec, SmallCNN, build_model, grow_head
 
 SPEC = ModelSpec(arch="small_cnn", in_channels=1, image_size=8, width=8, dropout=0.0, classes=("b", "a"))
@@ -128,3 +129,44 @@ def test_weights_that_do_not_match_the_spec_fail_to_load(tmp_path: Path) -> None
     (tmp_path / SPEC_FILE).write_text((tmp_path / SPEC_FILE).read_text().replace('"a"', '"a",\n  "z"'))
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_checkpoint(tmp_path)
+
+
+def test_a_memory_of_known_batches_saves_references_and_reads_them_back(tmp_path: Path) -> None:
+    # given a memory whose first four samples came from rows of a batch, the rest from nowhere known
+    rng = np.random.default_rng(2)
+    batch = rng.integers(0, 256, (50, 8, 8, 1), dtype=np.uint8)
+    rows = np.array([7, 3, 41, 0], dtype=np.int32)
+    extra = rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    origins = Origins(
+        (("b001", "c0ffee"),),
+        np.array([0, 0, 0, 0, NOWHERE, NOWHERE], dtype=np.int32),
+        np.concatenate([rows, np.zeros(2, np.int32)]),
+    )
+    labels = np.array(["a", "a", "b", "b", "a", "bb"])
+    mem = ReplayMemory(np.concatenate([batch[rows], extra]), labels, {"a": 9}, origins)
+    save_checkpoint(tmp_path, Checkpoint(model_with_state(), SPEC, mem))
+    # then only the two samples of no known batch are stored as pixels
+    with np.load(tmp_path / MEMORY_FILE) as npz:
+        assert np.array_equal(npz["images"], extra)
+    # and a lookup of the batch gives the whole memory back, in order
+    asked: list[tuple[str, str]] = []
+
+    def lookup(batch_id: str, content: str) -> np.ndarray:
+        asked.append((batch_id, content))
+        return batch
+
+    ck = load_checkpoint(tmp_path, samples=lookup)
+    assert ck.memory is not None and asked == [("b001", "c0ffee")]
+    assert np.array_equal(ck.memory.images, mem.images) and ck.memory.labels.tolist() == labels.tolist()
+    assert ck.memory.seen == {"a": 9} and ck.memory.known_origins().row.tolist() == origins.row.tolist()
+    # without a lookup the checkpoint loads without its memory (evaluation and serving)
+    assert load_checkpoint(tmp_path).memory is None
+    # and a batch shorter than the rows it names is refused in one line
+    with pytest.raises(InputError, match="names row 41 of batch b001"):
+        load_checkpoint(tmp_path, samples=lambda batch_id, content: batch[:10])
+
+
+def test_a_memory_stored_as_pixels_loads_without_a_lookup(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, Checkpoint(model_with_state(), SPEC, memory()))
+    ck = load_checkpoint(tmp_path)
+    assert ck.memory is not None and np.array_equal(ck.memory.images, memory().images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ratchet.train.memory import ReplayMemory
+from ratchet.train.memory import NOWHERE, Origins, ReplayMemory
 
 
 def samples(spec: dict[str, int], tag: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -127,3 +127,32 @@ def test_an_empty_batch_leaves_the_memory_as_it_was() -> None:
     assert np.array_equal(out.images, m.images) and out.labels.tolist() == m.labels.tolist()
     assert out.seen == {"A": 3, "B": 2}
     assert len(ReplayMemory.empty(8, 1).updated(*samples({}, tag=2), per_class=5, seed=0)) == 0
+
+
+def test_each_stored_sample_keeps_the_batch_and_row_it_came_from() -> None:
+    # given two batches with known origins, the second replacing part of the first's samples
+    first, second = samples({"A": 30, "B": 30}, tag=1), samples({"A": 30, "C": 30}, tag=2)
+    batches = {("b1", "c1"): first[0], ("b2", "c2"): second[0]}
+    m = ReplayMemory.empty(8, 1).updated(
+        *first, per_class=10, seed=0, origins=Origins.of_batches([(("b1", "c1"), 60)])
+    )
+    m = m.updated(*second, per_class=10, seed=1, origins=Origins.of_batches([(("b2", "c2"), 60)]))
+    # then every sample's origin holds exactly its image, and the table names only batches in use
+    origins = m.known_origins()
+    assert len(origins) == len(m) and set(origins.batches) == {("b1", "c1"), ("b2", "c2")}
+    for image, which, row in zip(m.images, origins.which, origins.row, strict=True):
+        assert np.array_equal(batches[origins.batches[which]][row], image)
+    # and a batch whose samples are all replaced is no longer named; unknown origins stay NOWHERE
+    small = ReplayMemory.empty(8, 1).updated(
+        *samples({"A": 10}, tag=1), per_class=10, seed=0, origins=Origins.of_batches([(("b1", "c1"), 10)])
+    )
+    flood = samples({"A": 10_000, "B": 5}, tag=2)
+    out = small.updated(*flood, per_class=10, seed=0, origins=Origins.of_batches([(("b2", "c2"), 10_005)]))
+    assert out.known_origins().batches == (("b2", "c2"),)
+    unknown = out.updated(*samples({"C": 4}, tag=3), per_class=10, seed=0)
+    assert (unknown.known_origins().which == NOWHERE).sum() == 4 and unknown.per_class()["C"] == 4
+
+
+def test_samples_of_no_known_batch_stay_nowhere() -> None:
+    m = memory_of({"A": 5})
+    assert (m.known_origins().which == NOWHERE).all() and m.known_origins().batches == ()

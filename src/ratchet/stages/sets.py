@@ -106,20 +106,25 @@ class BatchSamples:
 class SetStore:
     """Decoded samples by (batch content, split): from `cache` when there, else decoded from data/.
 
-    Each set is read once per store, then held in memory; `cache` None keeps nothing between
-    stores. `decoded` lists the keys decoded from data/ (the cache's misses), in order."""
+    Each set is read once per store, then held in memory (unless `hold` is False); `cache` None
+    keeps nothing between stores. `decoded` lists the keys decoded from data/ (the cache's misses),
+    in order."""
 
-    def __init__(self, data_dir: Path, cache: Path | None) -> None:
+    def __init__(self, data_dir: Path, cache: Path | None, hold: bool = True) -> None:
         self.data_dir = data_dir
         self.cache = cache
+        self.hold = hold
         self.decoded: list[str] = []
         self._read: dict[str, BatchSamples] = {}
 
     def samples(self, ref: BatchRef, split: Split) -> BatchSamples:
         key = ref.key(split)
-        if key not in self._read:
-            self._read[key] = self._load(ref, split)
-        return self._read[key]
+        if key in self._read:
+            return self._read[key]
+        samples = self._load(ref, split)
+        if self.hold:
+            self._read[key] = samples
+        return samples
 
     def _load(self, ref: BatchRef, split: Split) -> BatchSamples:
         key = ref.key(split)

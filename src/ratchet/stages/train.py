@@ -32,10 +32,11 @@ from ratchet.errors import InputError, RatchetError
 from ratchet.stages import prepare
 from ratchet.stages._common import fresh_dir, stage_main, workspace_cache
 from ratchet.stages.inputs import Cycle
-from ratchet.stages.sets import SETS, PreparedSets, SetStore
+from ratchet.stages.sets import SETS, BatchRef, PreparedSets, SetStore
 from ratchet.train import distributed
-from ratchet.train.checkpoint import load_checkpoint, save_checkpoint
+from ratchet.train.checkpoint import SampleLookup, load_checkpoint, save_checkpoint
 from ratchet.train.loop import EpochStats, fit
+from ratchet.train.memory import Origins
 from ratchet.train.model import ModelSpec
 
 if TYPE_CHECKING:
@@ -200,34 +201,43 @@ def train_rank(
     `out` and says what it does, the others only train. Returns the training loop's seconds."""
     lead = world is None or world.lead
     try:
-        return _train(prepared, out, params, world, lead, training_samples(prepared, params, data, cache))
+        store = SetStore(data, cache / "sets" if cache is not None else None)
+        return _train(prepared, out, params, world, lead, store)
     finally:
         if world is not None:
             distributed.leave()
 
 
-def training_samples(
-    prepared: Path, params: Params, data: Path, cache: Path | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The training set prepare named: its batches' train splits, decoded (or from the cache)."""
-    shape = (params.data.image_size, params.data.image_size, params.data.channels)
-    store = SetStore(data, cache / "sets" if cache is not None else None)
-    samples = store.concatenated(PreparedSets.load(prepared / SETS).train, "train", shape)
-    return samples.images, samples.labels
+def sample_lookup(data: Path, cache: Path | None) -> SampleLookup:
+    """How a checkpoint's replay memory reads the samples it names: from their batches' train
+    splits in `data` (or `cache`: a SetStore's directory), like the training set, but not held
+    once the memory has its rows: history grows, RAM must not."""
+    store = SetStore(data, cache, hold=False)
+
+    def lookup(batch_id: str, content: str) -> np.ndarray:
+        return store.samples(BatchRef(batch_id, content), "train").images
+
+    return lookup
 
 
 def _train(
-    prepared: Path,
-    out: Path,
-    params: Params,
-    world: distributed.World | None,
-    lead: bool,
-    samples: tuple[np.ndarray, np.ndarray],
+    prepared: Path, out: Path, params: Params, world: distributed.World | None, lead: bool, store: SetStore
 ) -> float:
     cycle = Cycle.load(prepared / prepare.CYCLE)
-    images, labels = samples
+    # the training set prepare named: its batches' train splits, decoded (or from the cache)
+    refs = PreparedSets.load(prepared / SETS).train
+    shape = (params.data.image_size, params.data.image_size, params.data.channels)
+    samples = store.concatenated(refs, "train", shape)
+    images, labels = samples.images, samples.labels
+    origins = Origins.of_batches(
+        [((r.batch_id, r.content), len(store.samples(r, "train").labels)) for r in refs]
+    )
     parent = prepared / prepare.PARENT
-    start = load_checkpoint(parent) if parent.is_dir() else None
+    start = (
+        load_checkpoint(parent, samples=sample_lookup(store.data_dir, store.cache))
+        if parent.is_dir()
+        else None
+    )
     pretrained = prepared / prepare.PRETRAINED
     origin = f"version {cycle.parent_version}" if start else "scratch"
     if lead:
@@ -242,6 +252,7 @@ def _train(
         print_epoch if lead else None,
         str(pretrained) if pretrained.is_file() else None,
         world,
+        origins,
     )
     if not lead:
         return result.seconds

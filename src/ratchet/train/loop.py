@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ratchet.config import TrainParams
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.feed import Batch, TrainingSet, pin_threads, seed_everything, select_device
-from ratchet.train.memory import ReplayMemory
+from ratchet.train.memory import Origins, ReplayMemory
 from ratchet.train.model import (
     Classifier,
     ModelSpec,
@@ -66,6 +66,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     pretrained: str | None = None,
     world: World | None = None,
+    origins: Origins | None = None,
 ) -> FitResult:
     """Train a candidate with `params.strategy` on one cycle's training samples.
 
@@ -78,6 +79,9 @@ def fit(
     calls this with the same arguments: each trains on its share of every epoch's samples with a
     `batch_size / world.size` minibatch, gradients are averaged over the ranks, and every rank
     returns the same weights (rank 0's result is the one to keep).
+
+    `origins`: where each training sample came from, which the replay memory keeps with the samples
+    it stores, so the checkpoint saves them as references rather than pixels.
     """
     units = load(params.strategy, params)
     if len(labels) == 0:
@@ -103,6 +107,8 @@ def fit(
     )
     model, spec = _initial_model(origin, start, initial_spec, labels, pretrained)
     memory = start.memory if start is not None else ReplayMemory.empty(spec.image_size, spec.in_channels)
+    if memory is None:
+        raise ValueError("the parent was loaded without its replay memory (load it with a sample lookup)")
     model = model.to(device)
     if use_cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -212,7 +218,7 @@ def fit(
     model.eval()
     # the memory is continual-learning state kept whatever this cycle's strategy, so a later
     # replay cycle can protect classes first learned under another strategy
-    new_memory = memory.updated(images, labels, params.replay_memory_per_class, params.seed)
+    new_memory = memory.updated(images, labels, params.replay_memory_per_class, params.seed, origins)
     states = dict(start.states) if start is not None else {}
     for unit in units:
         state = unit.finish(run, gen, new_memory)
