@@ -1,5 +1,5 @@
-"""The `ratchet` command: init, ingest, retrain, inbox, deploy, worker, status, approve, reject,
-override, history, requeue, drop, rollback, replay, demo, reference-data.
+"""The `ratchet` command: init, ingest, retrain, warm, inbox, deploy, worker, status, approve,
+reject, override, history, requeue, drop, rollback, replay, demo, reference-data.
 
 Every failure a user can cause prints one line and exits non-zero (2 for bad input); a traceback
 means a bug: it goes to the workspace's .ratchet/ratchet.log, and --debug (or RATCHET_DEBUG=1)
@@ -201,6 +201,29 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     with _run_output(root, args):
         outcome = app.retrain(args.workspace, dry_run=args.dry_run, strategy=args.strategy)
     print_cycle(args.workspace, outcome)
+    return 0
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from ratchet import warm
+    from ratchet.workspace import open_workspace
+
+    root = open_workspace(args.workspace).root
+    idle = warm.IDLE_SECONDS if args.idle is None else args.idle
+    if args.serve:
+        return warm.serve(root, idle, finished)
+    if args.stop:
+        pid = warm.stop(root)
+        print(f"warm process {pid} stopped" if pid else f"no warm process in {root}")
+        return 0
+    if args.status:
+        pid = warm.status(root)
+        print(f"warm process {pid} takes this workspace's retrains" if pid else f"no warm process in {root}")
+        return 0
+    pid = warm.start(root, idle)
+    print(
+        f"warm process {pid}: later `ratchet retrain` in {root} starts in it (stops after {idle:.0f}s idle)"
+    )
     return 0
 
 
@@ -534,6 +557,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser(
+        "warm",
+        help="keep a process with torch, MLflow and DVC imported: later retrains here start in seconds",
+        description="Start the workspace's warm process in the background: one Python process that has "
+        "imported what a cycle needs, from which each later `ratchet retrain` in this workspace forks "
+        "(its output, exit status and Ctrl-C stay the command's). It stops after --idle seconds without "
+        "a command, or with --stop.",
+    )
+    workspace_arg(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--stop", action="store_true", help="stop the workspace's warm process")
+    group.add_argument("--status", action="store_true", help="say whether one is running")
+    group.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the process itself
+    p.add_argument(
+        "--idle", type=float, default=None, help="seconds without a command before it stops (default 1800)"
+    )
+    p.set_defaults(func=cmd_warm)
+
+    p = sub.add_parser(
         "inbox",
         help="version the complete batches in the inbox (params.yaml inbox.path), then retrain",
         description="Run the Prefect flow ingest-and-retrain once: each complete batch in the inbox, "
@@ -685,17 +726,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """The `ratchet` command: `main`, then an exit without the interpreter's teardown. Clearing the
-    thousands of modules MLflow, DVC and torch load takes seconds at the end of every command, for a
-    process that is done; exit handlers still run (MLflow's remove its temporary directories), and
-    the streams are flushed first."""
-    code = main()
-    atexit._run_exitfuncs()  # what a normal exit runs first; then nothing else is left to do
+    """The `ratchet` command: in the workspace's warm process when it has one (`ratchet.warm`),
+    else `main` here; then an exit without the interpreter's teardown. Clearing the thousands of
+    modules MLflow, DVC and torch load takes seconds at the end of every command, for a process
+    that is done."""
+    argv = sys.argv[1:]
+    code = _in_warm_process(argv)
+    os._exit(finished(argv) if code is None else code)
+
+
+def _in_warm_process(argv: Sequence[str]) -> int | None:
+    """`ratchet ARGV` in its workspace's warm process, if the command is one it runs and the
+    workspace has one that fits (`warm.forward`); None to run it here."""
+    from ratchet import warm
+    from ratchet.workspace import open_workspace
+
+    if not argv or argv[0] not in warm.COMMANDS:
+        return None
+    args = build_parser().parse_args(argv)  # a bad argument is said here, as the command would
+    try:
+        root = open_workspace(args.workspace).root
+    except RatchetError:
+        return None  # the command itself says what is wrong
+    return warm.forward(root, argv)
+
+
+def finished(argv: Sequence[str]) -> int:
+    """`main`, then what a normal exit does first; after it nothing is left to do."""
+    code = main(argv)
+    wind_up()
+    return code
+
+
+def wind_up() -> None:
+    """What a normal exit does first: exit handlers (MLflow's remove its temporary directories),
+    logging's, and the streams flushed; after it nothing is left to do."""
+    atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader gone, or a stream already closed
             stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -126,7 +127,15 @@ def run(
             version = timed("record", record)(ws, cycle)
         outcome = timed("apply-decision", apply)(ws, cycle, version, dry_run, resumed)
     waited = {tool: seconds - before.get(tool, 0.0) for tool, seconds in versioning.SPENT.items()}
-    times = {"cycle_id": cycle.cycle_id, "steps": timed.seconds, "training_loop": loop, "commands": waited}
+    # this process's peak (a forked process's starts at its parent's: the warm process's imports)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = {
+        "cycle_id": cycle.cycle_id,
+        "steps": timed.seconds,
+        "training_loop": loop,
+        "commands": waited,
+        "peak_rss_mb": peak_mb,
+    }
     state.directory(ws.root)
     atomic.write_text(ws.root / state.CYCLE_TIMES, json.dumps(times, indent=2) + "\n")
     steps = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timed.seconds.items())

@@ -93,6 +93,11 @@ def dvc(root: Path, *args: str) -> str:
     return _run([sys.executable, "-m", "dvc", *args], root, f"dvc {args[0]}")
 
 
+def preload() -> None:
+    """Import DVC's API (`dvc_api`), for a warm process (`ratchet.warm`)."""
+    import dvc.repo  # noqa: F401
+
+
 def dvc_api(root: Path, what: str, call: Callable[[Repo], T]) -> T:
     """`call` with the workspace's DVC repository, in this process: the work of the `dvc` command
     `what` names, without a Python starting and importing DVC for it (about half a second each, and
