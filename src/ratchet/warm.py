@@ -181,13 +181,17 @@ def forward(root: Path, argv: Sequence[str]) -> int | None:
     if it has one that fits; its exit status, or None where this process should run it itself."""
     if not argv or argv[0] not in COMMANDS or os.environ.get(OFF) == "off":
         return None
+    try:
+        streams = [sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()]
+    except (AttributeError, ValueError, OSError):  # a stream closed or replaced: nothing to hand over
+        return None
     conn = _connect(root)
     if conn is None:
         return None
     with conn:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        _hand_over(conn, [sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()])
+        _hand_over(conn, streams)
         _send(conn, Request(tuple(argv), os.getcwd(), dict(os.environ), Identity.here()).to_json())
         replies = _lines(conn)
         first = next(replies, None)
@@ -239,13 +243,13 @@ def start(root: Path, idle: float = IDLE_SECONDS) -> int:
         )
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline:
+        pid = status(root)  # this one's, or one started at the same time (this one then exits)
+        if pid is not None:
+            return pid
         if process.poll() is not None:
             raise RatchetError(
                 f"the warm process exited ({process.returncode}) before it was ready: see {log}"
             )
-        pid = status(root)
-        if pid is not None:
-            return pid
         time.sleep(0.1)
     process.kill()
     raise RatchetError(f"the warm process was not ready after {READY_SECONDS} s: see {log}")
@@ -348,6 +352,9 @@ def _child(conn: socket.socket, fds: list[int], request: Request, command: Comma
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
         os.chdir(request.cwd)
         os.environ.clear()
         os.environ.update(request.env)
