@@ -157,3 +157,38 @@ def test_importing_draws_nothing(module: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_long_history_pictures_the_latest_versions_and_batches_and_tables_them_all(tmp_path: Path) -> None:
+    from ratchet.plots import PICTURED, _accuracy_matrix, _accuracy_over_versions
+
+    # given 45 versions, each the candidate of one more batch, every third rejected
+    third = third_cycle()
+    history = [
+        VersionRow(
+            str(n),
+            "rejected" if n % 3 == 0 else "promoted",
+            third.headline(),
+            {f"b{k}": 0.8 for k in range(1, n + 1)},
+        )
+        for n in range(1, 46)
+    ]
+    matrix = accuracy_matrix(history, third, parent="44")
+    # then the table keeps every version and batch
+    assert len(table_rows(matrix.markdown())) == 2 + 45 and len(matrix.batches) == 45
+    # and the pictures the latest PICTURED, and say so
+    over = _accuracy_over_versions(history[-PICTURED:], len(history))
+    ax = over.axes[0]
+    assert [t.get_text().split()[0] for t in ax.get_xticklabels()] == [str(n) for n in range(46 - PICTURED, 46)]
+    assert f"the latest {PICTURED} of 45 versions" in ax.get_title()
+    # with one artist per series line and per kind of marker, not one per point
+    assert len(ax.get_lines()) <= 3 * 4
+    latest = matrix.latest(PICTURED)
+    assert latest.versions == tuple(str(n) for n in range(46 - PICTURED, 46))
+    assert latest.batches == tuple(f"b{k}" for k in range(46 - PICTURED, 46))
+    assert all(len(row) == PICTURED for row in latest.cells)
+    heat = _accuracy_matrix(latest, 45, 45).axes[0]
+    assert "of 45 versions" in heat.get_title() and "of 45 batches" in heat.get_title()
+    # and render writes every file
+    written = render(history, third, tmp_path, parent="44")
+    assert {p.name for p in written} == {ACCURACY_MATRIX_TABLE, *PICTURES}

@@ -1,7 +1,9 @@
 """Pictures of a cycle for the reviewer of its version: numbers in, PNG files and a markdown table out.
 
-`render` draws the held-out accuracy of every version so far, the accuracy matrix (each version on
-each batch's held-out data), this cycle's per-class accuracy and the candidate's confusion matrix.
+`render` draws the held-out accuracy of every version so far (the latest `PICTURED` of a longer
+history), the accuracy matrix (each version on each batch's held-out data; its markdown table has
+them all, the picture the latest), this cycle's per-class accuracy and the candidate's confusion
+matrix.
 Pure rendering: nothing here reads the registry or a workspace. matplotlib is imported inside the
 functions (it is slow to import, and `ratchet status` never draws) and draws on its Agg canvas
 directly, so no global backend is switched.
@@ -32,6 +34,10 @@ CONFUSION = "confusion.png"
 DPI = 100  # sharp enough to read the numbers in the cells, small enough to keep each file tens of KB
 REJECTED = frozenset({"reject", "rejected"})  # the gate's verdict word and the action word
 MAX_ANNOTATED = 30  # beyond this many classes or batches the numbers no longer fit in the cells
+# the pictures show the latest this many versions (and the matrix the latest this many batches): a
+# longer history no longer fits on a page, and drawing it would grow every cycle's cost with the
+# history; the markdown table keeps every version and batch
+PICTURED = 20
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,16 @@ class AccuracyMatrix:
         for version, outcome, row in zip(self.versions, self.outcomes, self.cells, strict=True):
             lines.append(_table_row([version, outcome, *("-" if v is None else f"{v:.3f}" for v in row)]))
         return "\n".join(lines) + "\n"
+
+    def latest(self, count: int) -> AccuracyMatrix:
+        """The last `count` versions' rows on the last `count` batches."""
+        return AccuracyMatrix(
+            versions=self.versions[-count:],
+            outcomes=self.outcomes[-count:],
+            batches=self.batches[-count:],
+            cells=tuple(row[-count:] for row in self.cells[-count:]),
+            champion=self.champion,
+        )
 
 
 def _table_row(cells: Sequence[str]) -> str:
@@ -131,8 +147,8 @@ def render(
     table = out_dir / ACCURACY_MATRIX_TABLE
     table.write_text(matrix.markdown(), encoding="utf-8")
     drawings = (
-        (ACCURACY_OVER_VERSIONS, _accuracy_over_versions(rows)),
-        (ACCURACY_MATRIX, _accuracy_matrix(matrix)),
+        (ACCURACY_OVER_VERSIONS, _accuracy_over_versions(rows[-PICTURED:], len(rows))),
+        (ACCURACY_MATRIX, _accuracy_matrix(matrix.latest(PICTURED), len(rows), len(matrix.batches))),
         (PER_CLASS, _per_class(current)),
         (CONFUSION, _confusion(current)),
     )
@@ -177,13 +193,18 @@ SERIES: tuple[tuple[Model, Split, str, Literal["-", "--"], str], ...] = (
 LABELS = {"new": "new data (this cycle's batches)", "old": "old data (earlier batches)"}
 
 
-def _accuracy_over_versions(rows: Sequence[VersionRow]) -> Figure:
+def _latest(shown: int, total: int, what: str) -> str:
+    return f" (the latest {shown} of {total} {what})" if shown < total else ""
+
+
+def _accuracy_over_versions(rows: Sequence[VersionRow], total: int) -> Figure:
     from matplotlib.lines import Line2D
 
     fig = _figure(min(9.0 + 0.5 * len(rows), 16.0), 4.5)
     ax = fig.add_subplot()
     ax.set_title(
-        "Held-out accuracy of each version (solid)\nand of the champion it was compared with (dashed)",
+        "Held-out accuracy of each version (solid)\nand of the champion it was compared with (dashed)"
+        + _latest(len(rows), total, "versions"),
         fontsize=11,
     )
     if not rows:
@@ -199,10 +220,14 @@ def _accuracy_over_versions(rows: Sequence[VersionRow]) -> Figure:
             continue  # no champion yet, or no old data yet: no line, no legend entry
         seen += [y for y in ys if y is not None]
         ax.plot(xs, [math.nan if y is None else y for y in ys], style, color=color, alpha=0.8)
-        for x, y, hollow in zip(xs, ys, rejected, strict=True):
-            if y is not None:
-                face = "white" if hollow else color
-                ax.plot([x], [y], marker, color=color, markerfacecolor=face, markersize=7)
+        # the markers in two artists, not one per point: drawing stays cheap however long the history
+        for hollow, face in ((False, color), (True, "white")):
+            points = [
+                (x, y) for x, y, r in zip(xs, ys, rejected, strict=True) if y is not None and r == hollow
+            ]
+            if points:
+                px, py = zip(*points, strict=True)
+                ax.plot(px, py, marker, linestyle="none", color=color, markerfacecolor=face, markersize=7)
         handles.append(
             Line2D([], [], color=color, linestyle=style, marker=marker, label=f"{model}, {LABELS[split]}")
         )
@@ -223,7 +248,8 @@ def _accuracy_over_versions(rows: Sequence[VersionRow]) -> Figure:
     return fig
 
 
-def _accuracy_matrix(matrix: AccuracyMatrix) -> Figure:
+def _accuracy_matrix(matrix: AccuracyMatrix, versions: int, batches: int) -> Figure:
+    """`matrix` as a heat map; `versions` and `batches`: how many there are in all."""
     import numpy as np
     from matplotlib import colormaps
 
@@ -231,7 +257,9 @@ def _accuracy_matrix(matrix: AccuracyMatrix) -> Figure:
     fig = _figure(min(5.5 + 0.9 * columns, 16.0), min(2.5 + 0.45 * rows, 12.0))
     ax = fig.add_subplot()
     ax.set_title(
-        "Accuracy of each version (rows)\non each batch's held-out data (columns); blank: not measured",
+        "Accuracy of each version (rows)\non each batch's held-out data (columns); blank: not measured"
+        + _latest(rows, versions, "versions")
+        + _latest(columns, batches, "batches"),
         fontsize=11,
     )
     if not rows or not columns:
