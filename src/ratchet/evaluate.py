@@ -14,7 +14,9 @@ from ratchet.metrics import Confusion, ModelMetrics, SplitMetrics
 from ratchet.train.checkpoint import Checkpoint
 from ratchet.train.model import label_indices, preprocess
 
-BATCH_SIZE = 2048  # images per forward pass when scoring
+# images per forward pass when scoring: on a 2-core CPU, 256 scores 28x28 images 1.5x faster than
+# 2048 (the activations of a smaller pass stay in cache), with the same scores
+BATCH_SIZE = 256
 
 
 @torch.no_grad()
