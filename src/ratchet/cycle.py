@@ -253,7 +253,7 @@ def _check_not_lost(ws: Workspace, registry: Registry) -> None:
     A cycle killed between its commit and its registration leaves a commit and no version too; its
     registered model (made by `ratchet init`) is older than the commit, so it is resumed, not refused.
     """
-    if registry.versions():
+    if registry.has_versions():
         return
     cycle_line = "^" + CYCLE_COMMIT.format(id="[0-9a-f]{12}", batches="")
     committed = versioning.commit_times(ws.root, cycle_line)

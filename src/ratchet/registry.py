@@ -425,6 +425,10 @@ class Registry:
         ]
         return sorted(infos, key=lambda i: int(i.version))
 
+    def has_versions(self) -> bool:
+        """Whether any version is registered: one row read, where `versions` reads every run."""
+        return bool(self.client.search_model_versions(f"name='{self.name}'", max_results=1))
+
     def version(self, version: str) -> VersionInfo:
         from mlflow.exceptions import MlflowException
 
