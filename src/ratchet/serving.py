@@ -21,6 +21,25 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 # minibatch, not by how many images one call hands over (and on a CPU a pass of 256 is faster
 # than larger ones: its activations stay in cache)
 BATCH_SIZE = 256
+# glibc's mallopt parameter, and the size from which blocks are mmapped (see `_bound_heap`)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def _bound_heap() -> None:
+    """Keep large blocks out of the heap, on glibc. By default glibc raises its mmap threshold to
+    the largest block freed so far, so after the first pass every pass's activations (megabytes)
+    come from the heap, where freed blocks fragment: predicting 100,000 images then grew RSS by
+    110-900 MB above the loaded model, varying run to run (2-core CPU). A fixed threshold keeps
+    them mmapped and handed back when freed: 73 MB, every run. A process-wide setting, made once
+    the model is loaded into a process; elsewhere than glibc nothing changes."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 class RatchetClassifier(PythonModel):
@@ -34,6 +53,7 @@ class RatchetClassifier(PythonModel):
         from ratchet.train.checkpoint import load_checkpoint
 
         self.checkpoint = load_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
+        _bound_heap()
 
     # np.ndarray is a hint MLflow accepts without deriving a schema to enforce: the shape check is ours
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> Any:
