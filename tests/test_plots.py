@@ -179,7 +179,9 @@ def test_a_long_history_pictures_the_latest_versions_and_batches_and_tables_them
     # and the pictures the latest PICTURED, and say so
     over = _accuracy_over_versions(history[-PICTURED:], len(history))
     ax = over.axes[0]
-    assert [t.get_text().split()[0] for t in ax.get_xticklabels()] == [str(n) for n in range(46 - PICTURED, 46)]
+    assert [t.get_text().split()[0] for t in ax.get_xticklabels()] == [
+        str(n) for n in range(46 - PICTURED, 46)
+    ]
     assert f"the latest {PICTURED} of 45 versions" in ax.get_title()
     # with one artist per series line and per kind of marker, not one per point
     assert len(ax.get_lines()) <= 3 * 4

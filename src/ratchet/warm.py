@@ -287,8 +287,8 @@ def serve(root: Path, idle: float, command: Command) -> int:
     """The warm process itself (`ratchet warm --serve`): import, then fork a child per command
     until `idle` seconds pass without one, or SIGTERM; each child runs `command`."""
     started = time.perf_counter()
+    me = Identity.here()  # before the imports, which may add to sys.path: as a command sees it
     preload()
-    me = Identity.here()
     path = _socket_path(root)
     if status(root) is not None:
         raise RatchetError(f"{root} has a warm process already")
