@@ -46,12 +46,15 @@ from pathlib import Path
 from ratchet.cycle import ledger
 from ratchet.registry import open_registry
 from ratchet.workspace import open_workspace
+from ratchet.stages.train import sample_lookup
 from ratchet.train.checkpoint import load_checkpoint
 ws = open_workspace(Path({str(root)!r}))
 with tempfile.TemporaryDirectory() as d:
     ck_dir = open_registry(ws).download_checkpoint({first.version!r}, Path(d))
-    ck = load_checkpoint(ck_dir)
-    assert "ewc" in ck.states and len(ck.memory) > 0 and ck.spec.classes == tuple("01234")
+    # the memory names samples of the workspace's batches: read back from its data/
+    ck = load_checkpoint(ck_dir, samples=sample_lookup(ws.data_dir, None))
+    assert "ewc" in ck.states and ck.memory is not None and len(ck.memory) > 0
+    assert ck.spec.classes == tuple("01234")
     for name in {STATE_FILES!r}:
         print(name, hashlib.sha256((ck_dir / name).read_bytes()).hexdigest())
 """
