@@ -62,20 +62,14 @@ print(loaded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(out))
 """
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    """Run a command; its wall seconds, peak RSS in bytes (this child alone) and stdout."""
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run a command; its wall seconds and stdout (stderr with it)."""
     start = time.perf_counter()
-    child = subprocess.Popen(
-        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert child.stdout is not None
-    out = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    done = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({child.returncode}):\n{out}")
-    return seconds, usage.ru_maxrss * 1024, out
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}")
+    return seconds, done.stdout
 
 
 def parts(wall: float, times: dict[str, Any]) -> dict[str, float]:
@@ -109,9 +103,9 @@ def run_cycles(
         path = incoming / f"batch-{n:02d}.npz"
         np.savez(path, images=images, labels=labels)
         before = du(cache)
-        ingest_s, _, _ = run([*RATCHET, "ingest", str(path), "-w", str(root)], root)
+        ingest_s, _ = run([*RATCHET, "ingest", str(path), "-w", str(root)], root)
         stored = du(cache) - before  # the batch as DVC keeps it
-        wall, _, out = run([*RATCHET, "retrain", "-w", str(root)], root, env)
+        wall, out = run([*RATCHET, "retrain", "-w", str(root)], root, env)
         times = json.loads((root / ".ratchet" / "cycle-times.json").read_text())
         checkpoint = root / "artifacts" / "candidate" / "checkpoint"
         memory = du(checkpoint / MEMORY_FILE)  # the replay memory, stored with the weights
@@ -177,7 +171,7 @@ def predict_memory(root: Path, images: np.ndarray, work: Path) -> dict[str, floa
     path = work / "predict.npy"
     np.save(path, images)
     uri = f"models:/{registry.name}/{champion.version}"
-    wall, _, out = run([sys.executable, "-c", PREDICT, registry.tracking_uri, uri, str(path)], work)
+    wall, out = run([sys.executable, "-c", PREDICT, registry.tracking_uri, uri, str(path)], work)
     loaded, peak, count = (int(x) for x in out.strip().splitlines()[-1].split())
     return {
         "images": float(count),

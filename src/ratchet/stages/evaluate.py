@@ -25,7 +25,7 @@ from ratchet.stages import prepare, train
 from ratchet.stages._common import fresh_dir, stage_main, workspace_cache
 from ratchet.stages.inputs import Cycle
 from ratchet.stages.predictions import PredictionCache, context, model_content
-from ratchet.stages.sets import SETS, BatchRef, PreparedSets, SetStore
+from ratchet.stages.sets import SETS, BatchRef, PreparedSets, SetStore, open_store
 from ratchet.train.checkpoint import Checkpoint, load_checkpoint
 from ratchet.train.feed import pin_threads
 
@@ -71,7 +71,7 @@ def run(
     cycle = Cycle.load(prepared / prepare.CYCLE)
     pin_threads(params.train.threads)  # predictions as repeatable as the weights
     sets = PreparedSets.load(prepared / SETS)
-    store = SetStore(data, cache / "sets" if cache is not None else None)
+    store = open_store(data, cache)
     scores = PredictionCache(cache / "scores" if cache is not None else None, context(BATCH_SIZE))
     cand_dir = candidate_dir / train.CHECKPOINT
     candidate = _Model(load_checkpoint(cand_dir), model_content(cand_dir))

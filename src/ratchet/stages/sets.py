@@ -30,6 +30,7 @@ from ratchet.data import catalog
 from ratchet.errors import InputError
 
 SETS = "sets.json"  # in the prepared directory: which batches, with their content hashes
+CACHE_DIR = "sets"  # in the stages' cache: the decoded sets
 BATCH_FILES = ("manifest.json", "images.npy", "labels.npy")  # what a batch's samples are decoded from
 
 Split = Literal["train", "held_out"]
@@ -155,6 +156,12 @@ class SetStore:
             images=np.concatenate([np.zeros((0, *shape), dtype=np.uint8), *(p.images for p in parts)]),
             labels=np.concatenate([np.zeros((0,), dtype=np.str_), *(p.labels for p in parts)]),
         )
+
+
+def open_store(data_dir: Path, cache: Path | None, hold: bool = True) -> SetStore:
+    """The SetStore the stages read through: decoded sets under `sets/` of the stages' cache
+    (`state.cache`; None: no cache)."""
+    return SetStore(data_dir, cache / CACHE_DIR if cache is not None else None, hold)
 
 
 def _save(path: Path, samples: BatchSamples) -> None:

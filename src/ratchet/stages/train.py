@@ -32,7 +32,7 @@ from ratchet.errors import InputError, RatchetError
 from ratchet.stages import prepare
 from ratchet.stages._common import fresh_dir, stage_main, workspace_cache
 from ratchet.stages.inputs import Cycle
-from ratchet.stages.sets import SETS, BatchRef, PreparedSets, SetStore
+from ratchet.stages.sets import SETS, BatchRef, PreparedSets, open_store
 from ratchet.train import distributed
 from ratchet.train.checkpoint import SampleLookup, load_checkpoint, save_checkpoint
 from ratchet.train.loop import EpochStats, fit
@@ -201,8 +201,7 @@ def train_rank(
     `out` and says what it does, the others only train. Returns the training loop's seconds."""
     lead = world is None or world.lead
     try:
-        store = SetStore(data, cache / "sets" if cache is not None else None)
-        return _train(prepared, out, params, world, lead, store)
+        return _train(prepared, out, params, world, lead, data, cache)
     finally:
         if world is not None:
             distributed.leave()
@@ -210,9 +209,9 @@ def train_rank(
 
 def sample_lookup(data: Path, cache: Path | None) -> SampleLookup:
     """How a checkpoint's replay memory reads the samples it names: from their batches' train
-    splits in `data` (or `cache`: a SetStore's directory), like the training set, but not held
-    once the memory has its rows: history grows, RAM must not."""
-    store = SetStore(data, cache, hold=False)
+    splits in `data` (or the stages' `cache`), like the training set, but not held once the memory
+    has its rows: history grows, RAM must not."""
+    store = open_store(data, cache, hold=False)
 
     def lookup(batch_id: str, content: str) -> np.ndarray:
         return store.samples(BatchRef(batch_id, content), "train").images
@@ -221,9 +220,16 @@ def sample_lookup(data: Path, cache: Path | None) -> SampleLookup:
 
 
 def _train(
-    prepared: Path, out: Path, params: Params, world: distributed.World | None, lead: bool, store: SetStore
+    prepared: Path,
+    out: Path,
+    params: Params,
+    world: distributed.World | None,
+    lead: bool,
+    data: Path,
+    cache: Path | None,
 ) -> float:
     cycle = Cycle.load(prepared / prepare.CYCLE)
+    store = open_store(data, cache)
     # the training set prepare named: its batches' train splits, decoded (or from the cache)
     refs = PreparedSets.load(prepared / SETS).train
     shape = (params.data.image_size, params.data.image_size, params.data.channels)
@@ -233,11 +239,7 @@ def _train(
         [((r.batch_id, r.content), len(store.samples(r, "train").labels)) for r in refs]
     )
     parent = prepared / prepare.PARENT
-    start = (
-        load_checkpoint(parent, samples=sample_lookup(store.data_dir, store.cache))
-        if parent.is_dir()
-        else None
-    )
+    start = load_checkpoint(parent, samples=sample_lookup(data, cache)) if parent.is_dir() else None
     pretrained = prepared / prepare.PRETRAINED
     origin = f"version {cycle.parent_version}" if start else "scratch"
     if lead:

@@ -122,12 +122,13 @@ def _load_memory(path: Path, spec: ModelSpec, samples: SampleLookup | None) -> R
             return ReplayMemory(images=stored, labels=labels, seen=seen)
         batches = zip(npz["origin_ids"].tolist(), npz["origin_contents"].tolist(), strict=True)
         origins = Origins(tuple(batches), npz["origin_which"], npz["origin_row"])
-    if origins.batches and samples is None:  # the table names just the batches some sample is from
+    if not origins.batches:  # the table names just the batches some sample is from: none here
+        return ReplayMemory(images=stored, labels=labels, seen=seen, origins=origins)
+    if samples is None:
         return None
     images = np.empty((len(labels), spec.image_size, spec.image_size, spec.in_channels), dtype=np.uint8)
     images[origins.which == NOWHERE] = stored
     for index, (batch_id, content) in enumerate(origins.batches):
-        assert samples is not None
         mine = origins.which == index
         split = samples(batch_id, content)
         rows = origins.row[mine]
